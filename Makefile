@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   - the main job on the bundled corpus and models
+#   make test   - the whole test suite
+# Both create .venv and install the package into it first (llama-cpp-python compiles
+# llama.cpp on first install, about 11 minutes on 2 cores; pip's wheel cache keeps it).
+
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(VENV)/bin/pip install --quiet -e '.[dev,chat,readers]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python examples/semantic_search/main.py
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check llama_index_crab tests benchmarks examples
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,35 @@
+"""llama.cpp embeddings and cross-encoder reranking for LlamaIndex, stored in PostgreSQL + pgvector."""
+
+from .embedding import LlamaCppEmbedding
+from .errors import (
+    CollectionMismatchError,
+    CollectionNotFoundError,
+    CrabError,
+    DatabaseUnavailableError,
+    EmbeddingModeError,
+    InputTooLongError,
+    ModelError,
+    PgvectorMissingError,
+    PoolingError,
+    SchemaError,
+    StoreError,
+    TruncationWarning,
+    VectorValueError,
+)
+
+__all__ = [
+    "CollectionMismatchError",
+    "CollectionNotFoundError",
+    "CrabError",
+    "DatabaseUnavailableError",
+    "EmbeddingModeError",
+    "InputTooLongError",
+    "LlamaCppEmbedding",
+    "ModelError",
+    "PgvectorMissingError",
+    "PoolingError",
+    "SchemaError",
+    "StoreError",
+    "TruncationWarning",
+    "VectorValueError",
+]

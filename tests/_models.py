@@ -1,0 +1,40 @@
+"""Where the test models live: bundled q8_0 files in models/, f16 + references in ../shared/models."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "models"
+SHARED = Path(os.environ.get("CRAB_SHARED_MODELS", ROOT.parent / "shared" / "models"))
+
+EMBEDDER_Q8 = BUNDLED / "all-MiniLM-L6-v2-q8_0.gguf"
+RERANKER_Q8 = BUNDLED / "minilm-toy-reranker-q8_0.gguf"
+
+
+def shared(name: str) -> Path:
+    """A model or reference file from ../shared/models; fails loudly when it is missing."""
+    path = SHARED / name
+    if not path.exists():
+        pytest.fail(
+            f"{path} is missing: parity tests need ../shared/models beside the repo "
+            "(or CRAB_SHARED_MODELS pointing at it)"
+        )
+    return path
+
+
+@cache
+def reference(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(shared(f"reference/{name}").read_text())
+    return data
+
+
+def embedder_files() -> list[tuple[Path, float]]:
+    """(model file, minimum cosine) for each embedding model: f16 held to 0.9999, q8_0 to 0.997."""
+    return [(shared("all-MiniLM-L6-v2-f16.gguf"), 0.9999), (EMBEDDER_Q8, 0.997)]
