@@ -1,6 +1,7 @@
 """llama.cpp embeddings and cross-encoder reranking for LlamaIndex, stored in PostgreSQL + pgvector."""
 
 from .embedding import LlamaCppEmbedding
+from .rerank import LlamaCppRerank
 from .errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -25,6 +26,7 @@ __all__ = [
     "EmbeddingModeError",
     "InputTooLongError",
     "LlamaCppEmbedding",
+    "LlamaCppRerank",
     "ModelError",
     "PgvectorMissingError",
     "PoolingError",

@@ -13,7 +13,14 @@ from .errors import ModelError
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["file_identity", "read_embedding_tables", "read_metadata", "resolve_model_path"]
+__all__ = [
+    "file_identity",
+    "gguf_pooling",
+    "read_embedding_tables",
+    "read_metadata",
+    "resolve_model_path",
+    "tensor_names",
+]
 
 _MAGIC = b"GGUF"
 
@@ -93,18 +100,29 @@ def read_embedding_tables(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
     tensors = {t.name: t for t in reader.tensors}
     types = tensors.get("token_types.weight")
     tokens = tensors.get("token_embd.weight")
-    if types is None or tokens is None or int(types.shape[-1]) < 2:
+    if types is None or tokens is None:
         return None
 
     def load(t: object) -> np.ndarray:
         data = dequantize(t.data, t.tensor_type)  # type: ignore[attr-defined]
         return np.ascontiguousarray(data, dtype=np.float32)
 
-    return load(tokens), load(types)
+    type_rows = load(types)
+    return (load(tokens), type_rows) if type_rows.shape[0] >= 2 else None
 
 
 def read_metadata(path: Path) -> dict[str, object]:
     """GGUF key/value metadata (scalars and strings only), without loading any weights."""
+    return _summary(path)[0]
+
+
+def tensor_names(path: Path) -> frozenset[str]:
+    """Names of the tensors in a GGUF file."""
+    return _summary(path)[1]
+
+
+@lru_cache(maxsize=16)
+def _summary(path: Path) -> tuple[dict[str, object], frozenset[str]]:
     from gguf import GGUFReader, GGUFValueType
 
     try:
@@ -122,4 +140,11 @@ def read_metadata(path: Path) -> dict[str, object]:
             meta[key] = bytes(value).decode("utf-8", "replace")
         else:
             meta[key] = value.tolist()[0]
-    return meta
+    return meta, frozenset(t.name for t in reader.tensors)
+
+
+def gguf_pooling(path: Path) -> int | None:
+    """The ``{arch}.pooling_type`` a GGUF declares (0 none, 1 mean, 2 cls, 3 last, 4 rank)."""
+    meta = read_metadata(path)
+    value = meta.get(f"{meta.get('general.architecture')}.pooling_type")
+    return int(value) if isinstance(value, int) else None

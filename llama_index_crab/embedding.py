@@ -13,7 +13,7 @@ import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
-from ._gguf import read_metadata, resolve_model_path
+from ._gguf import gguf_pooling, resolve_model_path
 from ._llama import POOLINGS, LlamaRunner
 from .errors import PoolingError, TruncationWarning
 
@@ -68,7 +68,7 @@ class LlamaCppEmbedding(BaseEmbedding):
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of none, mean, cls, last; got {self.pooling!r}")
         if self.pooling == "rank" or (
-            self.pooling is None and llm is None and _gguf_pooling(path) == 4
+            self.pooling is None and llm is None and gguf_pooling(path) == 4
         ):
             raise PoolingError(
                 f"{path.name!r} is a cross-encoder (rank pooling): it scores (query, document) "
@@ -228,9 +228,3 @@ class LlamaCppEmbedding(BaseEmbedding):
 
     async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
         return await asyncio.to_thread(self._get_text_embeddings, texts)
-
-
-def _gguf_pooling(path: Path) -> int | None:
-    meta = read_metadata(path)
-    value = meta.get(f"{meta.get('general.architecture')}.pooling_type")
-    return int(value) if isinstance(value, int) else None
