@@ -7,15 +7,18 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
-from ._gguf import gguf_pooling, resolve_model_path
+from ._gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
 from ._llama import POOLINGS, LlamaRunner
 from .errors import PoolingError, TruncationWarning
+
+if TYPE_CHECKING:
+    from .collections import EmbeddingIdentity
 
 __all__ = ["LlamaCppEmbedding"]
 
@@ -110,8 +113,33 @@ class LlamaCppEmbedding(BaseEmbedding):
 
     @property
     def dimension(self) -> int:
-        """Length of the vectors this model produces."""
-        return self.runner.info.n_embd
+        """Length of the vectors this model produces (read from the GGUF, no model load)."""
+        if self._llm is not None:
+            return self.runner.info.n_embd
+        meta = read_metadata(Path(self.model_path))
+        return int(meta[f"{meta['general.architecture']}.embedding_length"])  # type: ignore[call-overload]
+
+    @property
+    def resolved_pooling(self) -> str:
+        """The pooling in use: the one asked for, else the GGUF's own (mean if it has none)."""
+        if self._llm is not None or self._runner is not None:
+            return self.runner.pooling
+        if self.pooling is not None:
+            return self.pooling
+        declared = gguf_pooling(Path(self.model_path))
+        return POOLINGS[declared] if declared is not None and 0 <= declared < 4 else "mean"
+
+    def identity(self) -> EmbeddingIdentity:
+        """What a collection records about this model, so other models' vectors are refused."""
+        from .collections import EmbeddingIdentity
+
+        return EmbeddingIdentity(
+            model=file_identity(Path(self.model_path)),
+            dimension=self.dimension,
+            pooling=self.resolved_pooling,
+            query_prefix=self.query_prefix,
+            text_prefix=self.text_prefix,
+        )
 
     def close(self) -> None:
         """Free the llama.cpp model and contexts; the next call loads them again."""

@@ -1,0 +1,157 @@
+"""``crab doctor`` (checks with a fix for each failure) and ``crab db`` (the embedded server)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import click
+
+from ._db import mask_url, to_url
+
+Check = Callable[[], str]
+
+
+def _run(name: str, check: Check, failures: list[str]) -> None:
+    try:
+        detail = check()
+    except Exception as exc:  # each check reports its own failure and the doctor goes on
+        failures.append(name)
+        click.secho(f"FAIL {name}: {exc}", fg="red")
+    else:
+        click.secho(f"ok   {name}: {detail}", fg="green")
+
+
+@click.command()
+@click.option("--database-url", envvar="CRAB_DATABASE_URL")
+@click.option("--collection", "-c", envvar="CRAB_COLLECTION", default="default")
+@click.option("--embed-model", envvar="CRAB_EMBED_MODEL")
+@click.option("--rerank-model", envvar="CRAB_RERANK_MODEL")
+@click.option("--chat-model", envvar="CRAB_CHAT_MODEL")
+def doctor(
+    database_url: str | None,
+    collection: str,
+    embed_model: str | None,
+    rerank_model: str | None,
+    chat_model: str | None,
+) -> None:
+    """Check models, database, pgvector, migrations and the collection; say how to fix each."""
+    import sqlalchemy as sa
+
+    from . import migrate
+    from .chat import default_chat_model
+    from .collections import get_collection
+    from .embedding import LlamaCppEmbedding
+    from .pipeline import default_embed_model, default_rerank_model, resolve_database_url
+    from .rerank import LlamaCppRerank
+
+    failures: list[str] = []
+    state: dict[str, object] = {}
+
+    def embedder() -> str:
+        model = LlamaCppEmbedding(embed_model or default_embed_model())
+        state["identity"] = model.identity()
+        return f"{model.model_name}, pooling {model.resolved_pooling}, {model.dimension}-dim"
+
+    def reranker() -> str:
+        model = LlamaCppRerank(rerank_model or default_rerank_model())
+        return f"{os.path.basename(model.model_path)}, rank pooling with a classifier head"
+
+    def chat() -> str:
+        return os.path.basename(chat_model or str(default_chat_model()))
+
+    def database() -> str:
+        url = resolve_database_url(database_url)
+        engine = sa.create_engine(to_url(url))
+        state["engine"] = engine
+        with engine.connect() as c:
+            version = c.execute(sa.text("SHOW server_version")).scalar()
+        return f"PostgreSQL {version} at {mask_url(sa.make_url(url))}"
+
+    def engine() -> sa.Engine:
+        if "engine" not in state:
+            raise RuntimeError("skipped: the database is not reachable")
+        return state["engine"]  # type: ignore[return-value]
+
+    def pgvector() -> str:
+        with engine().connect() as c:
+            installed = c.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
+            available = c.execute(sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")).scalar()
+        if available is None:
+            raise RuntimeError("pgvector is not installed on the server; use the pgvector/pgvector image or install it")
+        if installed is None:
+            raise RuntimeError(f"pgvector {available} is available but not created; run: crab migrate")
+        if tuple(int(x) for x in str(installed).split(".")[:2]) < (0, 8):
+            raise RuntimeError(f"pgvector {installed} is too old (need ≥ 0.8 for iterative scans); ALTER EXTENSION vector UPDATE")
+        return f"pgvector {installed}"
+
+    def revision() -> str:
+        with engine().connect() as c:
+            at, head = migrate.current(c), migrate.head()
+        if at != head:
+            raise RuntimeError(f"database at {at!r}, package needs {head!r}; run: crab migrate")
+        return f"at {head}"
+
+    def collection_check() -> str:
+        with engine().connect() as c:
+            found = get_collection(c, collection)
+        if "identity" in state:
+            found.check(state["identity"])  # type: ignore[arg-type]
+        return f"{collection!r}: {found.identity.describe()}"
+
+    for name, check in [
+        ("embedding model", embedder),
+        ("reranker", reranker),
+        ("chat model", chat),
+        ("database", database),
+        ("pgvector", pgvector),
+        ("migrations", revision),
+        ("collection", collection_check),
+    ]:
+        _run(name, check, failures)
+    if "engine" in state:
+        engine().dispose()
+    if failures:
+        raise SystemExit(1)
+
+
+@click.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL server (data in your user data directory)."""
+
+
+@db.command()
+def start() -> None:
+    """Start the embedded server (and migrate it)."""
+    from .pipeline import resolve_database_url
+
+    click.echo(mask_url(resolve_database_url(None)))
+
+
+@db.command()
+def stop() -> None:
+    """Stop the embedded server."""
+    from . import server
+
+    click.echo("stopped" if server.stop() else "not running")
+
+
+@db.command()
+def status() -> None:
+    """Say whether the embedded server runs, and where its data is."""
+    from . import server
+
+    s = server.status()
+    click.echo(f"{'running' if s.running else 'stopped'} (pid {s.pid}) data {s.pgdata}")
+
+
+@db.command()
+def url() -> None:
+    """Print the embedded server's URL (for CRAB_DATABASE_URL)."""
+    click.echo(_url())
+
+
+def _url() -> str:
+    from . import server
+
+    return server.url()

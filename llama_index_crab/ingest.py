@@ -1,0 +1,172 @@
+"""Ingest files: read, split to the model's context, embed in big batches, replace per document.
+
+A document (one file) is the unit of change: its chunks are written in the same transaction
+that deletes its old ones, and it is skipped when its content hash is unchanged. An
+interrupted run therefore leaves every document either complete (old or new) or absent,
+and running it again finishes the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llama_index.core.schema import (
+    Document,
+    MetadataMode,
+    NodeRelationship,
+    RelatedNodeInfo,
+    TextNode,
+)
+
+from .documents import document_hashes, replace_documents
+
+if TYPE_CHECKING:
+    from .embedding import LlamaCppEmbedding
+    from .store import PostgresVectorStore
+
+__all__ = ["SUPPORTED_SUFFIXES", "IngestReport", "ingest_paths", "list_files", "read_documents"]
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest run did, with where the time went."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    chunks: int = 0
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("read", "embed", "write"), 0.0)
+    )
+
+
+@dataclass
+class _Doc:
+    ref_doc_id: str
+    text_hash: str
+    parts: list[Document]
+
+
+def list_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files to ingest: given files as they are, folders searched for supported suffixes."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{str(raw)!r} does not exist; pass files or folders to ingest")
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES)
+        else:
+            files.append(path)
+    return files
+
+
+def read_documents(files: Iterable[Path]) -> Iterator[_Doc]:
+    """One entry per file, with LlamaIndex's readers (.pdf and .html need the readers extra)."""
+    from llama_index.core import SimpleDirectoryReader
+
+    for path in files:
+        reader = SimpleDirectoryReader(input_files=[str(path)], filename_as_id=True)
+        parts = reader.load_data()
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part.text.encode("utf-8", "replace"))
+        yield _Doc(str(path.resolve()), digest.hexdigest(), parts)
+
+
+def ingest_paths(
+    paths: Iterable[str | Path],
+    embed_model: LlamaCppEmbedding,
+    store: PostgresVectorStore,
+    *,
+    chunk_size: int | None = None,
+    chunk_overlap: int = 32,
+    batch_chunks: int = 512,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest files and folders into ``store``; unchanged files are skipped."""
+    from llama_index.core.node_parser import SentenceSplitter
+
+    report = IngestReport()
+    runner = embed_model.runner
+    size = chunk_size or min(256, runner.max_length - len(runner.info.head) - len(runner.info.tail))
+    splitter = SentenceSplitter(
+        chunk_size=size,
+        chunk_overlap=min(chunk_overlap, size // 4),
+        tokenizer=lambda text: runner.tokenize(text),
+    )
+    known = document_hashes(store)
+    pending: list[tuple[_Doc, list[TextNode]]] = []
+    start = time.perf_counter()
+    for doc in read_documents(list_files(paths)):
+        if known.get(doc.ref_doc_id) == doc.text_hash:
+            report.unchanged += 1
+            continue
+        nodes = _chunks(doc, splitter)
+        pending.append((doc, nodes))
+        if sum(len(n) for _, n in pending) >= batch_chunks:
+            report.seconds["read"] += time.perf_counter() - start
+            _flush(pending, embed_model, store, known, report, progress)
+            start = time.perf_counter()
+    report.seconds["read"] += time.perf_counter() - start
+    _flush(pending, embed_model, store, known, report, progress)
+    return report
+
+
+def _chunks(doc: _Doc, splitter: object) -> list[TextNode]:
+    nodes: list[TextNode] = []
+    for part in doc.parts:
+        nodes += splitter.get_nodes_from_documents([part])  # type: ignore[attr-defined]
+    out = []
+    for i, node in enumerate(n for n in nodes if n.get_content().strip()):
+        chunk = TextNode(
+            id_=hashlib.sha1(f"{doc.ref_doc_id}\0{i}".encode()).hexdigest(),
+            text=node.get_content(),
+            metadata={**node.metadata, "doc_hash": doc.text_hash, "chunk": i},
+            excluded_embed_metadata_keys=[*node.excluded_embed_metadata_keys, "doc_hash", "chunk"],
+            excluded_llm_metadata_keys=[*node.excluded_llm_metadata_keys, "doc_hash", "chunk"],
+        )
+        chunk.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc.ref_doc_id)
+        out.append(chunk)
+    return out
+
+
+def _flush(
+    pending: list[tuple[_Doc, list[TextNode]]],
+    embed_model: LlamaCppEmbedding,
+    store: PostgresVectorStore,
+    known: dict[str, str],
+    report: IngestReport,
+    progress: Progress | None,
+) -> None:
+    if not pending:
+        return
+    chunks: Sequence[TextNode] = [n for _, nodes in pending for n in nodes]
+    start = time.perf_counter()
+    if chunks:
+        texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in chunks]
+        vectors = embed_model.embed(texts, prefix=embed_model.text_prefix)
+        for node, vector in zip(chunks, vectors):
+            node.embedding = vector.tolist()
+    report.seconds["embed"] += time.perf_counter() - start
+    start = time.perf_counter()
+    replace_documents(store, {doc.ref_doc_id: nodes for doc, nodes in pending})
+    report.seconds["write"] += time.perf_counter() - start
+    for doc, _ in pending:
+        if doc.ref_doc_id in known:
+            report.updated += 1
+        else:
+            report.added += 1
+        known[doc.ref_doc_id] = doc.text_hash
+    report.chunks += len(chunks)
+    if progress is not None:
+        progress(len(pending), len(chunks))
+    pending.clear()
