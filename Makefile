@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/python examples/semantic_search/main.py
+	$(VENV)/bin/crab ingest examples/corpus/python-reference
+	$(VENV)/bin/crab query "How do I make sure cleanup code runs when a block exits?" --top-n 3
+	$(VENV)/bin/crab ask "What does the yield statement do?" --top-n 3
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q

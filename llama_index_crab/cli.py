@@ -29,7 +29,10 @@ class _Group(click.Group):
             click.secho(f"error: {_safe(str(exc))}", fg="red", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted; finished documents are kept, run the command again to resume", err=True)
+            click.echo(
+                "interrupted; finished documents are kept, run the command again to resume",
+                err=True,
+            )
             ctx.exit(130)
 
 
@@ -43,9 +46,19 @@ def _safe(message: str) -> str:
 def _options(f: F) -> F:
     for option in reversed(
         [
-            click.option("--database-url", envvar="CRAB_DATABASE_URL", help="PostgreSQL URL; default: the embedded server."),
-            click.option("--collection", "-c", envvar="CRAB_COLLECTION", default="default", show_default=True),
-            click.option("--embed-model", envvar="CRAB_EMBED_MODEL", help="Embedding GGUF (path or owner/repo:file)."),
+            click.option(
+                "--database-url",
+                envvar="CRAB_DATABASE_URL",
+                help="PostgreSQL URL; default: the embedded server.",
+            ),
+            click.option(
+                "--collection", "-c", envvar="CRAB_COLLECTION", default="default", show_default=True
+            ),
+            click.option(
+                "--embed-model",
+                envvar="CRAB_EMBED_MODEL",
+                help="Embedding GGUF (path or owner/repo:file).",
+            ),
             click.option("--rerank-model", envvar="CRAB_RERANK_MODEL", help="Cross-encoder GGUF."),
         ]
     ):
@@ -81,8 +94,15 @@ def main(ctx: click.Context, debug: bool) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--chunk-size", type=int, help="Tokens per chunk; default fits the model.")
+@click.option(
+    "--batch-chunks",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Chunks per embed + write transaction.",
+)
 @_options
-def ingest(paths: tuple[str, ...], chunk_size: int | None, **opts: Any) -> None:
+def ingest(paths: tuple[str, ...], chunk_size: int | None, batch_chunks: int, **opts: Any) -> None:
     """Ingest files and folders (.txt .md .html .pdf); unchanged files are skipped."""
     from tqdm import tqdm
 
@@ -100,7 +120,9 @@ def ingest(paths: tuple[str, ...], chunk_size: int | None, **opts: Any) -> None:
             bar.update(docs)
             bar.set_postfix_str(f"{chunks / (time.perf_counter() - started):.0f} chunks/s")
 
-        report = pipe.ingest(files, progress=progress, chunk_size=chunk_size)
+        report = pipe.ingest(
+            files, progress=progress, chunk_size=chunk_size, batch_chunks=batch_chunks
+        )
         bar.update(len(files) - bar.n)
     seconds = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     click.echo(
@@ -125,9 +147,20 @@ def _filters(pairs: tuple[str, ...]) -> Any:
 
 
 def _search_options(f: F) -> F:
-    f = click.option("--top-k", "similarity_top_k", type=int, default=100, show_default=True, help="Candidates from the vector search.")(f)
-    f = click.option("--top-n", type=int, default=5, show_default=True, help="Kept after reranking.")(f)
-    f = click.option("--filter", "filters", multiple=True, help="Metadata key=value (repeatable).")(f)
+    f = click.option(
+        "--top-k",
+        "similarity_top_k",
+        type=int,
+        default=100,
+        show_default=True,
+        help="Candidates from the vector search.",
+    )(f)
+    f = click.option(
+        "--top-n", type=int, default=5, show_default=True, help="Kept after reranking."
+    )(f)
+    f = click.option("--filter", "filters", multiple=True, help="Metadata key=value (repeatable).")(
+        f
+    )
     return _options(f)
 
 
@@ -164,7 +197,9 @@ def query(text: str, as_json: bool, no_rerank: bool, filters: tuple[str, ...], *
 
 @main.command()
 @click.argument("question")
-@click.option("--chat-model", envvar="CRAB_CHAT_MODEL", help="GGUF chat model; default SmolLM2-135M.")
+@click.option(
+    "--chat-model", envvar="CRAB_CHAT_MODEL", help="GGUF chat model; default SmolLM2-135M."
+)
 @_search_options
 def ask(question: str, chat_model: str | None, filters: tuple[str, ...], **opts: Any) -> None:
     """Answer from the collection: retrieve, rerank, then a local chat model answers."""
@@ -175,7 +210,9 @@ def ask(question: str, chat_model: str | None, filters: tuple[str, ...], **opts:
     found, answer = pipe.ask(question, filters=_filters(filters))
     click.echo("sources:")
     for i, hit in enumerate(found.hits, 1):
-        click.echo(f"  [{i}] {hit.score:.3f} {hit.node.metadata.get('file_name') or hit.node.ref_doc_id}")
+        click.echo(
+            f"  [{i}] {hit.score:.3f} {hit.node.metadata.get('file_name') or hit.node.ref_doc_id}"
+        )
     click.echo("answer: ", nl=False)
     for piece in answer:
         click.echo(piece, nl=False)

@@ -29,7 +29,9 @@ def document_hashes(store: PostgresVectorStore) -> dict[str, str]:
         return {ref: value for ref, value in rows if value is not None}
 
 
-def replace_documents(store: PostgresVectorStore, documents: Mapping[str, Sequence[BaseNode]]) -> None:
+def replace_documents(
+    store: PostgresVectorStore, documents: Mapping[str, Sequence[BaseNode]]
+) -> None:
     """Make each document's nodes exactly ``documents[ref_doc_id]``, all in one transaction.
 
     Old chunks of these documents disappear in the same commit that writes the new ones, so

@@ -87,7 +87,9 @@ class Pipeline:
         llm: Any = None,
     ) -> None:
         if similarity_top_k < 1 or top_n < 1:
-            raise ValueError(f"similarity_top_k and top_n must be ≥ 1, got {similarity_top_k}, {top_n}")
+            raise ValueError(
+                f"similarity_top_k and top_n must be ≥ 1, got {similarity_top_k}, {top_n}"
+            )
         self.embed_model = embed_model
         self.store = store
         self.reranker = reranker
@@ -124,7 +126,9 @@ class Pipeline:
 
     # -- the jobs -------------------------------------------------------------------------
 
-    def ingest(self, paths: list[str | Path], progress: Progress | None = None, **kwargs: Any) -> IngestReport:
+    def ingest(
+        self, paths: list[str | Path], progress: Progress | None = None, **kwargs: Any
+    ) -> IngestReport:
         from .ingest import ingest_paths
 
         return ingest_paths(paths, self.embed_model, self.store, progress=progress, **kwargs)
@@ -176,7 +180,9 @@ class Pipeline:
         )
         messages = [
             ChatMessage(role=MessageRole.SYSTEM, content=QA_SYSTEM),
-            ChatMessage(role=MessageRole.USER, content=f"Sources:\n{sources}\n\nQuestion: {question}"),
+            ChatMessage(
+                role=MessageRole.USER, content=f"Sources:\n{sources}\n\nQuestion: {question}"
+            ),
         ]
         llm = self.llm
         return found, (chunk.delta or "" for chunk in llm.stream_chat(messages))
@@ -193,7 +199,9 @@ class Pipeline:
 
 def _source_name(hit: NodeWithScore) -> str:
     meta = hit.node.metadata
-    return str(meta.get("file_name") or meta.get("file_path") or hit.node.ref_doc_id or hit.node.node_id)
+    return str(
+        meta.get("file_name") or meta.get("file_path") or hit.node.ref_doc_id or hit.node.node_id
+    )
 
 
 def build_pipeline(

@@ -112,7 +112,9 @@ class LlamaCppRerank(BaseNodePostprocessor):
     def score(self, query: str, documents: list[str]) -> list[float]:
         """One score per document, in input order."""
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("a non-empty query is needed to rerank; pass query_str or a QueryBundle")
+            raise ValueError(
+                "a non-empty query is needed to rerank; pass query_str or a QueryBundle"
+            )
         if not documents:
             return []
         runner = self.runner
@@ -137,7 +139,9 @@ class LlamaCppRerank(BaseNodePostprocessor):
         info = runner.info
         limit = runner.max_length
         if info.rerank_template is not None:
-            before, _, after = info.rerank_template.replace("{query}", query).partition("{document}")
+            before, _, after = info.rerank_template.replace("{query}", query).partition(
+                "{document}"
+            )
             pre = runner.tokenize(before, special=True)
             post = runner.tokenize(after, special=True)
             body = runner.tokenize(doc)
