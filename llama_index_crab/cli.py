@@ -275,6 +275,33 @@ def collections(database_url: str | None) -> None:
         click.echo(f"{c.name}\t{c.model}\t{c.dimension}-dim\t{c.count} nodes\t{state}")
 
 
+@main.command(name="eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True, help="qrels/<split>.tsv")
+@click.option("--top-k", type=int, default=100, show_default=True)
+@_options
+def eval_(folder: str, split: str, top_k: int, **opts: Any) -> None:
+    """Measure nDCG@10, recall@100 and MRR@10 on BEIR data, retrieval and retrieval + rerank."""
+    from tqdm import tqdm
+
+    from .evaluate import evaluate, load_beir
+
+    data = load_beir(folder, split)
+    pipe = _pipeline(opts, create=True)
+    bars = {
+        "ingest": tqdm(total=len(data.corpus), unit="doc", desc="ingest", file=sys.stderr),
+        "query": tqdm(total=len(data.qrels), unit="query", desc="query", file=sys.stderr),
+    }
+    results = evaluate(data, pipe, top_k=top_k, progress=lambda stage, n: bars[stage].update(n))
+    for bar in bars.values():
+        bar.close()
+    pipe.close()
+    click.echo(f"| {len(data.qrels)} queries, {len(data.corpus)} docs | nDCG@10 | recall@100 | MRR@10 |")
+    click.echo("|---|---|---|---|")
+    for name, m in results.items():
+        click.echo(f"| {name} | {m.ndcg_at_10:.4f} | {m.recall_at_100:.4f} | {m.mrr_at_10:.4f} |")
+
+
 from .doctor import db, doctor  # noqa: E402
 
 main.add_command(doctor)
