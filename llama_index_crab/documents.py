@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 from llama_index.core.schema import BaseNode
 
-from ._ingest import CLEAR_STAGING, copy_rows, upsert_statement
 from .schema import nodes
 
 if TYPE_CHECKING:
@@ -55,6 +54,4 @@ def replace_documents(
             )
         )
         if batch:
-            copy_rows(connection, store._rows(collection, batch))
-            connection.execute(upsert_statement(collection.id, collection.text_search_config))
-            connection.execute(CLEAR_STAGING)
+            store._write(connection, collection, batch)
