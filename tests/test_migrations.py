@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from llama_index_crab import migrate
+from llama_index_crab._db import to_url
+from llama_index_crab.errors import DatabaseUnavailableError, PgvectorMissingError, SchemaError
+from llama_index_crab.schema import VERSION_TABLE, metadata
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = {"crab_collections", "crab_nodes", "crab_staging"}
+
+
+def _tables(url: str) -> set[str]:
+    engine = sa.create_engine(to_url(url), poolclass=sa.NullPool)
+    try:
+        return set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_creates_tables_and_extension(empty_database: str) -> None:
+    assert migrate.current(empty_database) is None
+    migrate.upgrade(empty_database)
+    assert migrate.current(empty_database) == migrate.head()
+    assert TABLES | {VERSION_TABLE} <= _tables(empty_database)
+    engine = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
+    with engine.connect() as connection:
+        version = connection.scalar(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        )
+    engine.dispose()
+    assert version is not None and tuple(int(p) for p in version.split(".")[:2]) >= (0, 8)
+
+
+def test_up_down_up(empty_database: str) -> None:
+    migrate.upgrade(empty_database)
+    migrate.downgrade(empty_database, "base")
+    assert migrate.current(empty_database) is None
+    assert not TABLES & _tables(empty_database)
+    migrate.upgrade(empty_database)
+    assert migrate.current(empty_database) == migrate.head()
+    assert _tables(empty_database) >= TABLES
+
+
+def test_step_by_step_down_and_up(empty_database: str) -> None:
+    migrate.upgrade(empty_database, "0001")
+    assert migrate.current(empty_database) == "0001"
+    assert not TABLES & _tables(empty_database)
+    migrate.upgrade(empty_database, "head")
+    migrate.downgrade(empty_database, "-1")
+    assert migrate.current(empty_database) == "0001"
+
+
+def test_no_drift_between_schema_and_migrations(engine: sa.Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection,
+            opts={"include_object": migrate.include_object, "compare_type": True},
+        )
+        diff = compare_metadata(context, metadata)
+    assert diff == []
+
+
+def test_drift_check_notices_a_changed_table(engine: sa.Engine) -> None:
+    changed = sa.MetaData()
+    for table in metadata.tables.values():
+        table.to_metadata(changed)
+    sa.Table("crab_nodes", changed, sa.Column("extra", sa.Integer), extend_existing=True)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        diff = compare_metadata(context, changed)
+    assert ("add_column", None, "crab_nodes") in [d[:3] for d in diff if isinstance(d, tuple)]
+
+
+def test_own_version_table_leaves_host_history_alone(empty_database: str) -> None:
+    engine = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
+        )
+        connection.execute(sa.text("INSERT INTO alembic_version VALUES ('hostapp42')"))
+    migrate.upgrade(empty_database)
+    with engine.connect() as connection:
+        host = connection.scalars(sa.text("SELECT version_num FROM alembic_version")).all()
+        ours = connection.scalars(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    engine.dispose()
+    assert host == ["hostapp42"]
+    assert ours == [migrate.head()]
+
+
+def test_check_refuses_an_old_schema(empty_database: str) -> None:
+    migrate.upgrade(empty_database, "0001")
+    engine = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
+    with engine.connect() as connection, pytest.raises(SchemaError, match="migrate upgrade"):
+        migrate.check(connection)
+    engine.dispose()
+
+
+def test_role_without_create_privilege_gets_a_clear_error(
+    empty_database: str, pg_server: str
+) -> None:
+    role = f"crab_weak_{uuid.uuid4().hex[:8]}"
+    database = to_url(empty_database).database
+    admin = sa.create_engine(
+        to_url(empty_database), poolclass=sa.NullPool, isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'"))
+        connection.execute(sa.text(f"GRANT CONNECT ON DATABASE {database} TO {role}"))
+        connection.execute(sa.text(f"GRANT USAGE, CREATE ON SCHEMA public TO {role}"))
+    try:
+        with pytest.raises(PgvectorMissingError, match="may not create the vector extension"):
+            migrate.upgrade(to_url(empty_database).set(username=role, password="pw"))
+        assert migrate.current(empty_database) is None
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f"DROP OWNED BY {role}"))
+            connection.execute(sa.text(f"DROP ROLE {role}"))
+        admin.dispose()
+
+
+def test_unreachable_server_error_hides_the_password(tmp_path: Path) -> None:
+    url = f"postgresql://crab:s3cret-pw@/crab?host={tmp_path}"
+    with pytest.raises(DatabaseUnavailableError) as info:
+        migrate.upgrade(url)
+    assert "s3cret-pw" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def _environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "CRAB_DATABASE_URL")}
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(REPO), **env}  # the package may not be pip-installed yet
+    return subprocess.run(
+        [sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_upgrade_and_current(empty_database: str, tmp_path: Path) -> None:
+    env = {**_environ(), "CRAB_DATABASE_URL": empty_database}
+    done = _run(["-m", "llama_index_crab.migrate", "upgrade"], env, REPO)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == migrate.head()
+    done = _run(["-m", "llama_index_crab.migrate", "downgrade", "base"], env, REPO)
+    assert (done.returncode, done.stdout.strip()) == (0, "base"), done.stderr
+
+
+def test_cli_reports_errors_in_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://crab:s3cret-pw@/crab?host={tmp_path}"
+    done = _run(["-m", "llama_index_crab.migrate", "upgrade", "--url", url], _environ(), tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot connect")
+    assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr
+
+
+def test_migrations_run_from_an_installed_package_layout(
+    empty_database: str, tmp_path: Path
+) -> None:
+    site = tmp_path / "site"
+    shutil.copytree(
+        REPO / "llama_index_crab",
+        site / "llama_index_crab",
+        ignore=shutil.ignore_patterns("__pycache__", "migrations"),
+    )
+    shutil.copytree(
+        REPO / "migrations",
+        site / "llama_index_crab" / "migrations",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    env = {**_environ(), "PYTHONPATH": str(site)}
+    code = (
+        "import sys, llama_index_crab.migrate as m; print(m.migrations_dir()); "
+        "m.upgrade(sys.argv[1]); print(m.current(sys.argv[1]))"
+    )
+    done = _run(["-c", code, empty_database], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    where, revision = done.stdout.split()
+    assert Path(where) == site / "llama_index_crab" / "migrations"
+    assert revision == migrate.head()
+
+
+def test_node_tables_skip_toast_compression(engine: sa.Engine) -> None:
+    query = (
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('crab_nodes', 'crab_staging')"
+    )
+    with engine.connect() as connection:
+        options = dict(connection.execute(sa.text(query)).all())
+    assert options == {
+        "crab_nodes": ["toast_tuple_target=8160"],
+        "crab_staging": ["toast_tuple_target=8160"],
+    }

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from llama_index_crab import server
+from llama_index_crab._db import to_url
+from llama_index_crab.errors import DatabaseUnavailableError
+
+
+@pytest.fixture
+def pgdata(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "pgdata"
+    yield path
+    server.stop(path)
+
+
+def _scalar(url: str, query: str) -> object:
+    engine = sa.create_engine(to_url(url), poolclass=sa.NullPool)
+    try:
+        with engine.begin() as connection:
+            result = connection.execute(sa.text(query))
+            return result.scalar() if result.returns_rows else None
+    finally:
+        engine.dispose()
+
+
+def test_start_reuse_stop_and_restart(pgdata: Path) -> None:
+    assert not server.status(pgdata).running
+    with pytest.raises(DatabaseUnavailableError, match="not running"):
+        server.url(pgdata)
+
+    url = server.start(pgdata)
+    first = server.status(pgdata)
+    assert first.running and first.url == url and server.url(pgdata) == url
+    assert _scalar(url, "SELECT current_database()") == "crab"
+    assert _scalar(url, "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'") == 1
+    _scalar(url, "CREATE TABLE kept AS SELECT 42 AS x")
+
+    assert server.start(pgdata) == url
+    assert server.status(pgdata).pid == first.pid
+
+    assert server.stop(pgdata) is True
+    assert not server.status(pgdata).running
+    assert server.stop(pgdata) is False
+
+    url = server.start(pgdata)
+    assert server.status(pgdata).pid != first.pid
+    assert _scalar(url, "SELECT x FROM kept") == 42
+
+
+def test_only_its_user_can_reach_it(pgdata: Path) -> None:
+    url = server.start(pgdata)
+    assert _scalar(url, "SHOW listen_addresses") == ""
+    socket_dir = Path(str(to_url(url).query["host"]))
+    assert stat.S_IMODE(socket_dir.stat().st_mode) & 0o077 == 0
+    assert socket_dir.stat().st_uid == pgdata.stat().st_uid
+    assert "@" in url and ":" not in url.split("@")[0].removeprefix("postgresql://")
+
+
+def test_data_dir_is_per_user_and_overridable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRAB_PGDATA", raising=False)
+    default = server.data_dir()
+    assert default.name == "pgdata" and "llama-index-crab" in default.parts
+    monkeypatch.setenv("CRAB_PGDATA", "/somewhere/else")
+    assert server.data_dir() == Path("/somewhere/else")
