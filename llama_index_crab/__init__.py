@@ -1,10 +1,7 @@
-"""llama.cpp embeddings and cross-encoder reranking for LlamaIndex, stored in PostgreSQL + pgvector."""
+"""llama.cpp embeddings and cross-encoder reranking for LlamaIndex, on PostgreSQL + pgvector."""
 
 from .chat import LlamaCppChat
 from .embedding import LlamaCppEmbedding
-from .pipeline import Pipeline, build_pipeline
-from .rerank import LlamaCppRerank
-from .store import PostgresVectorStore
 from .errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
@@ -20,6 +17,9 @@ from .errors import (
     TruncationWarning,
     VectorValueError,
 )
+from .pipeline import Pipeline, build_pipeline
+from .rerank import LlamaCppRerank
+from .store import PostgresVectorStore
 
 __all__ = [
     "CollectionMismatchError",

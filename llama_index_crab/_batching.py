@@ -8,7 +8,7 @@ __all__ = ["plan_batches"]
 
 
 def plan_batches(lengths: Sequence[int], max_tokens: int, max_seqs: int) -> list[list[int]]:
-    """Group sequence indices into batches of at most ``max_tokens`` tokens and ``max_seqs`` sequences.
+    """Group sequence indices into batches of at most ``max_tokens`` tokens, ``max_seqs`` sequences.
 
     Sequences are taken longest first, so each batch holds sequences of similar length: a
     non-causal model attends over the whole micro-batch under a mask, so mixing one long and

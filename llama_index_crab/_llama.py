@@ -88,13 +88,12 @@ class _Context:
         self._seq_ptrs = (ctypes.POINTER(ctypes.c_int32) * n_tokens)(
             *[ctypes.cast(base + 4 * i, ctypes.POINTER(ctypes.c_int32)) for i in range(n_tokens)]
         )
-        self.batch = llama_cpp.llama_batch()
-        self.batch.pos = self.pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        self.batch.n_seq_id = self.n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
-        self.batch.seq_id = ctypes.cast(
-            self._seq_ptrs, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32))
-        )
-        self.batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        batch: Any = llama_cpp.llama_batch()
+        batch.pos = self.pos.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.n_seq_id = self.n_seq.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
+        batch.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(ctypes.POINTER(ctypes.c_int32)))
+        batch.logits = self.logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self.batch = batch
         self._token_ptr = self.token.ctypes.data_as(ctypes.POINTER(ctypes.c_int32))
         self._embd_ptr = self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
 
@@ -110,8 +109,8 @@ class _Context:
             n += k
         self.batch.n_tokens = n
         use_embd = embeds is not None
-        self.batch.token = None if use_embd else self._token_ptr  # type: ignore[assignment]
-        self.batch.embd = self._embd_ptr if use_embd else None  # type: ignore[assignment]
+        self.batch.token = None if use_embd else self._token_ptr
+        self.batch.embd = self._embd_ptr if use_embd else None
         return n
 
 
@@ -123,7 +122,7 @@ class LlamaRunner:
 
     def __init__(
         self,
-        model: str | os.PathLike[str] | Any,
+        model: Any,
         *,
         pooling: str | None = None,
         batch_tokens: int = 512,

@@ -135,14 +135,14 @@ def ingest(paths: tuple[str, ...], chunk_size: int | None, batch_chunks: int, **
 def _filters(pairs: tuple[str, ...]) -> Any:
     if not pairs:
         return None
-    from llama_index.core.vector_stores.types import ExactMatchFilter, MetadataFilters
+    from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
 
-    parsed = []
+    parsed: list[MetadataFilter | MetadataFilters] = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"filter {pair!r} must look like key=value")
-        parsed.append(ExactMatchFilter(key=key, value=value))
+        parsed.append(MetadataFilter(key=key, value=value))
     return MetadataFilters(filters=parsed)
 
 
@@ -296,7 +296,9 @@ def eval_(folder: str, split: str, top_k: int, **opts: Any) -> None:
     for bar in bars.values():
         bar.close()
     pipe.close()
-    click.echo(f"| {len(data.qrels)} queries, {len(data.corpus)} docs | nDCG@10 | recall@100 | MRR@10 |")
+    click.echo(
+        f"| {len(data.qrels)} queries, {len(data.corpus)} docs | nDCG@10 | recall@100 | MRR@10 |"
+    )
     click.echo("|---|---|---|---|")
     for name, m in results.items():
         click.echo(f"| {name} | {m.ndcg_at_10:.4f} | {m.recall_at_100:.4f} | {m.mrr_at_10:.4f} |")

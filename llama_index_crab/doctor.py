@@ -83,7 +83,8 @@ def doctor(
             ).scalar()
         if available is None:
             raise RuntimeError(
-                "pgvector is not installed on the server; use the pgvector/pgvector image or install it"
+                "pgvector is not installed on the server; "
+                "use the pgvector/pgvector image or install it"
             )
         if installed is None:
             raise RuntimeError(
@@ -91,7 +92,8 @@ def doctor(
             )
         if tuple(int(x) for x in str(installed).split(".")[:2]) < (0, 8):
             raise RuntimeError(
-                f"pgvector {installed} is too old (need ≥ 0.8 for iterative scans); ALTER EXTENSION vector UPDATE"
+                f"pgvector {installed} is too old (need ≥ 0.8 for iterative scans); "
+                "run ALTER EXTENSION vector UPDATE"
             )
         return f"pgvector {installed}"
 

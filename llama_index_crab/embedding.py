@@ -66,7 +66,7 @@ class LlamaCppEmbedding(BaseEmbedding):
             llm, path = model, Path(model.model_path)
             kwargs.setdefault("pooling", None)
         kwargs.setdefault("model_name", path.name)
-        super().__init__(model_path=str(path), **kwargs)
+        super().__init__(model_path=str(path), **kwargs)  # type: ignore[call-arg]
         self._llm = llm
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of none, mean, cls, last; got {self.pooling!r}")
@@ -117,7 +117,7 @@ class LlamaCppEmbedding(BaseEmbedding):
         if self._llm is not None:
             return self.runner.info.n_embd
         meta = read_metadata(Path(self.model_path))
-        return int(meta[f"{meta['general.architecture']}.embedding_length"])  # type: ignore[call-overload]
+        return int(str(meta[f"{meta['general.architecture']}.embedding_length"]))
 
     @property
     def resolved_pooling(self) -> str:

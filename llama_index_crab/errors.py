@@ -6,7 +6,7 @@ Every error the package raises on purpose derives from :class:`CrabError`::
     ├── ModelError                 model file missing, not a GGUF, or failed to load
     │   ├── EmbeddingModeError     a llama_cpp.Llama made without embedding=True
     │   └── PoolingError           wrong pooling for the job (rank vs embedding, NaN/zero vectors)
-    ├── InputTooLongError          (also ValueError) a text exceeds the context and truncation is off
+    ├── InputTooLongError          (also ValueError) text over the context, truncation off
     └── StoreError                 database-side problems
         ├── DatabaseUnavailableError   server unreachable or refused the connection
         ├── PgvectorMissingError       the vector extension is missing or may not be created

@@ -1,4 +1,4 @@
-"""Retrieval quality on BEIR-format data: nDCG@10, recall@100 and MRR@10, with and without rerank."""
+"""Retrieval quality on BEIR-format data: nDCG@10, recall@100, MRR@10, with and without rerank."""
 
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     root = Path(folder)
     for need in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
         if not (root / need).is_file():
-            raise FileNotFoundError(f"{str(root / need)!r} is missing; BEIR data has corpus.jsonl, queries.jsonl, qrels/{split}.tsv")
+            raise FileNotFoundError(
+                f"{str(root / need)!r} is missing; BEIR data has corpus.jsonl, "
+                f"queries.jsonl and qrels/{split}.tsv"
+            )
     corpus = {}
     for row in _jsonl(root / "corpus.jsonl"):
         title = str(row.get("title") or "").strip()
@@ -48,8 +51,8 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     queries = {str(row["_id"]): str(row["text"]) for row in _jsonl(root / "queries.jsonl")}
     qrels: dict[str, dict[str, int]] = {}
     with (root / f"qrels/{split}.tsv").open() as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
-            qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+        for line in csv.DictReader(fh, delimiter="\t"):
+            qrels.setdefault(str(line["query-id"]), {})[str(line["corpus-id"])] = int(line["score"])
     return BeirData(corpus, queries, {q: r for q, r in qrels.items() if q in queries})
 
 
@@ -101,9 +104,14 @@ def evaluate(
     ids = list(data.corpus)
     for start in range(0, len(ids), 256):
         part = ids[start : start + 256]
-        vectors = pipeline.embed_model.embed([data.corpus[i] for i in part], prefix=pipeline.embed_model.text_prefix)
+        vectors = pipeline.embed_model.embed(
+            [data.corpus[i] for i in part], prefix=pipeline.embed_model.text_prefix
+        )
         pipeline.store.add(
-            [TextNode(id_=i, text=data.corpus[i], embedding=v.tolist()) for i, v in zip(part, vectors)]
+            [
+                TextNode(id_=i, text=data.corpus[i], embedding=v.tolist())
+                for i, v in zip(part, vectors)
+            ]
         )
         if progress:
             progress("ingest", len(part))

@@ -1,4 +1,4 @@
-"""The recommended pipeline in one call: bi-encoder retrieves ~100, cross-encoder keeps the top K."""
+"""The recommended pipeline in one call: a bi-encoder retrieves ~100, a cross-encoder keeps K."""
 
 from __future__ import annotations
 
@@ -110,7 +110,7 @@ class Pipeline:
         return self.index.as_retriever(**kwargs)
 
     def as_query_engine(self, **kwargs: Any) -> RetrieverQueryEngine:
-        """A query engine: retrieve ``similarity_top_k``, rerank to ``top_n``, answer with the LLM."""
+        """Retrieve ``similarity_top_k``, rerank to ``top_n``, answer with the LLM."""
         kwargs.setdefault("similarity_top_k", self.similarity_top_k)
         kwargs.setdefault("node_postprocessors", [self.reranker] if self.reranker else [])
         kwargs.setdefault("llm", self.llm)

@@ -1,4 +1,4 @@
-"""LlamaCppRerank: a cross-encoder (rank pooling) on llama.cpp as a LlamaIndex node postprocessor."""
+"""LlamaCppRerank: a llama.cpp cross-encoder (rank pooling) as a LlamaIndex node postprocessor."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ class LlamaCppRerank(BaseNodePostprocessor):
     when llama.cpp's head already yields probabilities. ``scores="raw"`` keeps the logit.
 
     Documents longer than the context are cut from the end (the query always survives), as
-    sentence-transformers does. For BERT cross-encoders (two token types), documents are fed as type 1, as in training
-    and in Hugging Face's pair encoding; llama.cpp itself would use type 0 for every token.
+    sentence-transformers does. For BERT cross-encoders (two token types), documents are fed
+    as type 1, as in training and in Hugging Face's pair encoding; llama.cpp itself would use
+    type 0 for every token.
     """
 
     model_path: str = Field(description="Path of the GGUF cross-encoder.")
@@ -63,7 +64,7 @@ class LlamaCppRerank(BaseNodePostprocessor):
             _refuse_non_cross_encoder(path)
         else:
             llm, path = model, Path(model.model_path)
-        super().__init__(model_path=str(path), **kwargs)
+        super().__init__(model_path=str(path), **kwargs)  # type: ignore[call-arg]
         self._llm = llm
 
     @classmethod

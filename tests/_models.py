@@ -1,4 +1,4 @@
-"""Where the test models live: bundled q8_0 files in models/, f16 + references in ../shared/models."""
+"""Test models: bundled q8_0 files in models/, f16 files and references in ../shared/models."""
 
 from __future__ import annotations
 

@@ -41,7 +41,10 @@ def beir(tmp_path: Path) -> Path:
     with (root / "corpus.jsonl").open("w") as fh:
         for path in dict.fromkeys(docs):
             title, _, body = path.read_text().partition("\n")
-            fh.write(json.dumps({"_id": path.stem, "title": title.strip("# "), "text": body[:1500]}) + "\n")
+            fh.write(
+                json.dumps({"_id": path.stem, "title": title.strip("# "), "text": body[:1500]})
+                + "\n"
+            )
     with (root / "queries.jsonl").open("w") as fh:
         for i, text in enumerate(TOPICS.values()):
             fh.write(json.dumps({"_id": f"q{i}", "text": text}) + "\n")
@@ -68,7 +71,11 @@ def test_crab_eval_prints_both_rows(
     monkeypatch.setenv("CRAB_DATABASE_URL", database_url)
     result = CliRunner().invoke(main, ["eval", str(beir), "-c", collection_name])
     assert result.exit_code == 0, result.output
-    rows = {line.split("|")[1].strip(): line.split("|")[2:5] for line in result.output.splitlines() if line.startswith("| retrieval")}
+    rows = {
+        line.split("|")[1].strip(): line.split("|")[2:5]
+        for line in result.output.splitlines()
+        if line.startswith("| retrieval")
+    }
     assert set(rows) == {"retrieval", "retrieval + rerank"}
     ndcg, recall, mrr = (float(x) for x in rows["retrieval"])
     assert recall == 1.0  # 46 documents, top 100: every relevant one is found

@@ -11,11 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from _models import ROOT
 from test_cli import rows
-
-from llama_index_crab._db import to_url
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 TOPICS = [

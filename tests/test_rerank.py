@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from _models import EMBEDDER_Q8, RERANKER_Q8, reference, shared
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from llama_index_crab import LlamaCppRerank, PoolingError
-from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 F16 = "minilm-toy-reranker-f16.gguf"
 

@@ -33,7 +33,9 @@ index = VectorStoreIndex.from_documents(
 )
 engine = index.as_query_engine(
     similarity_top_k=20,
-    node_postprocessors=[LlamaCppRerank(ROOT / "models" / "minilm-toy-reranker-q8_0.gguf", top_n=3)],
+    node_postprocessors=[
+        LlamaCppRerank(ROOT / "models" / "minilm-toy-reranker-q8_0.gguf", top_n=3)
+    ],
     llm=LlamaCppChat(max_tokens=128),
 )
 response = engine.query(question)
