@@ -1,6 +1,13 @@
 """llama.cpp embeddings and cross-encoder reranking for LlamaIndex, on PostgreSQL + pgvector."""
 
 from .chat import LlamaCppChat
+from .collections import (
+    EmbeddingIdentity,
+    build_index,
+    create_collection,
+    drop_collection,
+    list_collections,
+)
 from .embedding import LlamaCppEmbedding
 from .errors import (
     CollectionMismatchError,
@@ -26,6 +33,7 @@ __all__ = [
     "CollectionNotFoundError",
     "CrabError",
     "DatabaseUnavailableError",
+    "EmbeddingIdentity",
     "EmbeddingModeError",
     "InputTooLongError",
     "LlamaCppChat",
@@ -40,5 +48,9 @@ __all__ = [
     "StoreError",
     "TruncationWarning",
     "VectorValueError",
+    "build_index",
     "build_pipeline",
+    "create_collection",
+    "drop_collection",
+    "list_collections",
 ]
