@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -131,6 +132,34 @@ def pgvector_binary(matrix: np.ndarray) -> list[bytes]:
     return [header + row.tobytes() for row in body]
 
 
+def check_storable(value: Any, where: str) -> None:
+    """Refuse what PostgreSQL cannot store (NUL, lone surrogates) or what JSON would
+    silently turn into null (NaN, infinity), naming ``where`` it was found."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(
+                f"{where} contains a NUL character (\\x00), which PostgreSQL text cannot "
+                "store; remove it or replace it"
+            )
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise ValueError(
+                    f"{where} is not valid Unicode ({exc.reason} at position {exc.start}); "
+                    "decode the source with errors='replace'"
+                ) from exc
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} holds {value!r}, which JSON cannot store; use a number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(key, f"{where} (a key)")
+            check_storable(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        for item in value:
+            check_storable(item, f"{where} (an item)")
+
+
 def rows_for(
     batch: Sequence[BaseNode], dimension: int, *, normalize: bool, collection: str
 ) -> Iterator[Row]:
@@ -145,6 +174,12 @@ def rows_for(
                 f"node {node.node_id!r} has no embedding; embed the nodes before adding them"
             )
         vectors.append(node.embedding)
+        check_storable(node.node_id, "a node id")
+        check_storable(node.ref_doc_id, f"the document id of node {node.node_id!r}")
+        check_storable(node.metadata, f"the metadata of node {node.node_id!r}")
+        check_storable(
+            node.get_content(metadata_mode=MetadataMode.NONE), f"the text of node {node.node_id!r}"
+        )
     matrix = unit_vectors(
         vectors,
         dimension,

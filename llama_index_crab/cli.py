@@ -76,7 +76,7 @@ def _pipeline(opts: dict[str, Any], *, create: bool, rerank: bool = True) -> Any
         collection=opts["collection"],
         create_collection=create,
         rerank=rerank,
-        **{k: opts[k] for k in ("similarity_top_k", "top_n") if opts.get(k)},
+        **{k: opts[k] for k in ("similarity_top_k", "top_n") if opts.get(k) is not None},
     )
 
 
@@ -150,13 +150,17 @@ def _search_options(f: F) -> F:
     f = click.option(
         "--top-k",
         "similarity_top_k",
-        type=int,
+        type=click.IntRange(min=1),
         default=100,
         show_default=True,
         help="Candidates from the vector search.",
     )(f)
     f = click.option(
-        "--top-n", type=int, default=5, show_default=True, help="Kept after reranking."
+        "--top-n",
+        type=click.IntRange(min=1),
+        default=5,
+        show_default=True,
+        help="Kept after reranking.",
     )(f)
     f = click.option("--filter", "filters", multiple=True, help="Metadata key=value (repeatable).")(
         f
@@ -208,15 +212,14 @@ def ask(question: str, chat_model: str | None, filters: tuple[str, ...], **opts:
     pipe = _pipeline(opts, create=False)
     pipe._llm = LlamaCppChat(chat_model)
     found, answer = pipe.ask(question, filters=_filters(filters))
-    click.echo("sources:")
-    for i, hit in enumerate(found.hits, 1):
-        click.echo(
-            f"  [{i}] {hit.score:.3f} {hit.node.metadata.get('file_name') or hit.node.ref_doc_id}"
-        )
     click.echo("answer: ", nl=False)
     for piece in answer:
         click.echo(piece, nl=False)
-    click.echo()
+    click.echo("\nsources:")
+    for i, hit in enumerate(found.hits, 1):
+        name = hit.node.metadata.get("file_name") or hit.node.ref_doc_id
+        snippet = " ".join(hit.node.get_content().split())[:90]
+        click.echo(f"  [{i}] {hit.score:.3f} {name}: {snippet}")
     pipe.close()
 
 

@@ -45,7 +45,8 @@ def to_clause(filters: MetadataFilters, column: ColumnElement[Any]) -> ColumnEle
     if condition == FilterCondition.OR:
         return sa.or_(sa.false(), *parts)
     if condition == FilterCondition.NOT:
-        return sa.not_(sa.or_(sa.false(), *parts))
+        # A leaf on a missing key may be NULL rather than false; NOT NULL would drop the row.
+        return sa.not_(sa.func.coalesce(sa.or_(sa.false(), *parts), False))
     raise ValueError(f"unsupported filter condition {condition!r}; use and, or or not")
 
 

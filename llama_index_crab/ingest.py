@@ -78,6 +78,8 @@ def read_documents(files: Iterable[Path]) -> Iterator[_Doc]:
         parts = reader.load_data()
         digest = hashlib.sha256()
         for part in parts:
+            if "\x00" in part.text:  # e.g. UTF-16 or binary; PostgreSQL text cannot hold NUL
+                part.set_content(part.text.replace("\x00", ""))
             digest.update(part.text.encode("utf-8", "replace"))
         yield _Doc(str(path.resolve()), digest.hexdigest(), parts)
 

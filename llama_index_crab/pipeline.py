@@ -30,9 +30,11 @@ __all__ = ["Pipeline", "SearchResult", "build_pipeline", "resolve_database_url"]
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_COLLECTION = "default"
-QA_SYSTEM = (
-    "You answer questions using only the numbered sources given. Cite the sources you use "
-    "like [1]. If the sources do not contain the answer, say you do not know."
+# Small local models follow a short instruction after the sources better than a system prompt.
+QA_PROMPT = (
+    "{sources}\n\nUsing only the sources above, answer in two or three sentences: {question}\n"
+    "End each sentence with the number of its source, like [1]. If the sources do not say, "
+    "answer that you do not know."
 )
 
 
@@ -143,8 +145,8 @@ class Pipeline:
         rerank: bool = True,
     ) -> SearchResult:
         """Retrieve ``top_k`` by vector, then keep the cross-encoder's best ``top_n``."""
-        k = top_k or self.similarity_top_k
-        n = top_n or self.top_n
+        k = self.similarity_top_k if top_k is None else top_k
+        n = self.top_n if top_n is None else top_n
         if k < 1 or n < 1:
             raise ValueError(f"top_k and top_n must be ≥ 1, got {k}, {n}")
         timings: dict[str, float] = {}
@@ -178,12 +180,8 @@ class Pipeline:
             f"[{i}] {_source_name(h)}\n{h.node.get_content(metadata_mode=MetadataMode.NONE)}"
             for i, h in enumerate(found.hits, 1)
         )
-        messages = [
-            ChatMessage(role=MessageRole.SYSTEM, content=QA_SYSTEM),
-            ChatMessage(
-                role=MessageRole.USER, content=f"Sources:\n{sources}\n\nQuestion: {question}"
-            ),
-        ]
+        prompt = QA_PROMPT.format(sources=sources, question=question)
+        messages = [ChatMessage(role=MessageRole.USER, content=prompt)]
         llm = self.llm
         return found, (chunk.delta or "" for chunk in llm.stream_chat(messages))
 

@@ -34,6 +34,7 @@ __all__ = ["PostgresVectorStore"]
 
 _TEXT_MODES = (VectorStoreQueryMode.TEXT_SEARCH, VectorStoreQueryMode.SPARSE)
 _MODES = (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.HYBRID, *_TEXT_MODES)
+HNSW_MAX_EF_SEARCH = 1000  # pgvector refuses a larger hnsw.ef_search
 
 
 class PostgresVectorStore(BasePydanticVectorStore):
@@ -288,6 +289,10 @@ class PostgresVectorStore(BasePydanticVectorStore):
                 f"query mode {mode.value!r} is not supported; use default, hybrid or text_search"
             )
         k = query.similarity_top_k
+        for name in ("similarity_top_k", "sparse_top_k", "hybrid_top_k"):
+            value = getattr(query, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         # LlamaIndex's retriever passes node_ids=[] for "no restriction".
         node_ids, doc_ids = query.node_ids or None, query.doc_ids or None
         predicate, narrowed = _search.where(collection, query.filters, node_ids, doc_ids)
@@ -311,10 +316,11 @@ class PostgresVectorStore(BasePydanticVectorStore):
             collection=collection.name,
         )[0]
         ef_search = int(options.get("ef_search", self.ef_search))
-        connection.execute(
-            _search.settings(max(ef_search, k), self.iterative_scan, self.max_scan_tuples)
-        )
+        ef_search = min(max(ef_search, k), HNSW_MAX_EF_SEARCH)
+        connection.execute(_search.settings(ef_search, self.iterative_scan, self.max_scan_tuples))
+        # Without an iterative scan the index yields at most ef_search rows.
         exact = bool(options.get("exact", False)) or node_ids is not None
+        exact = exact or (k > ef_search and self.iterative_scan == "off")
         dense: list[_search.Hit] = []
         if narrowed and not exact and self.exact_threshold > 0:
             candidates = _search.probe(vector, k, predicate, self.exact_threshold)

@@ -106,7 +106,7 @@ def test_ask_answers_with_sources(cli: CliRunner, corpus: Path) -> None:
     assert cli.invoke(main, ["ingest", str(corpus)]).exit_code == 0
     result = cli.invoke(main, ["ask", "What does the yield statement do?", "--top-n", "2"])
     assert result.exit_code == 0, result.output
-    sources, answer = result.output.split("answer:", 1)
+    answer, sources = result.output.split("answer:", 1)[1].split("\nsources:", 1)
     assert "[1]" in sources and "[2]" in sources and "[3]" not in sources
     assert len(answer.split()) >= 3
 
