@@ -251,8 +251,8 @@ class LlamaRunner:
         if self._closed:
             raise ModelError("this model was closed; create a new one")
         for i, s in enumerate(seqs):
-            if not 0 < len(s) <= self._capacity:
-                raise ValueError(f"sequence {i} has {len(s)} tokens; allowed 1..{self._capacity}")
+            if not 0 < len(s) <= self.max_length:
+                raise ValueError(f"sequence {i} has {len(s)} tokens; allowed 1..{self.max_length}")
         out: list[np.ndarray | None] = [None] * len(seqs)
         plan = plan_batches([len(s) for s in seqs], self.batch_tokens, self.n_seq_max)
 
@@ -282,16 +282,6 @@ class LlamaRunner:
             for c in list(self._contexts.queue):
                 llama_cpp.llama_set_n_threads(c.ctx, n, n)
             self._current_threads = n
-
-    @property
-    def _capacity(self) -> int:
-        return min(self.max_length, self._peek_capacity)
-
-    @property
-    def _peek_capacity(self) -> int:
-        c = self._contexts.get()
-        self._contexts.put(c)
-        return c.capacity
 
     @contextmanager
     def _borrow(self) -> Iterator[_Context]:
