@@ -1,0 +1,50 @@
+"""Worker side of the JSON-line protocol (stdlib only: it also runs inside .venv-st).
+
+A worker loads its model, embeds a few texts untimed, prints ``{"ready": true, "info": ...}``,
+then answers each ``{"cmd": "run", "start": i, "stop": j, "options": {...}}`` line on stdin by
+embedding ``texts[i:j]`` and printing ``{"seconds": s, "probe": [[...], ...]}`` (the first
+vectors, L2-normalised, for a parity check).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["PROBE", "serve"]
+
+PROBE = 8
+Embed = Callable[[list[str], dict[str, Any]], Sequence[Sequence[float]]]
+
+
+def _unit(v: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(float(x) * float(x) for x in v)) or 1.0
+    return [float(x) / norm for x in v]
+
+
+def _send(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def serve(texts_path: str, embed: Embed, info: dict[str, Any]) -> None:
+    """Answer run commands on stdin until it closes or says quit."""
+    with open(texts_path) as fh:
+        texts: list[str] = json.load(fh)["texts"]
+    embed(texts[:PROBE], {})
+    _send({"ready": True, "info": info})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("cmd") == "quit":
+            break
+        part = texts[request.get("start", 0) : request.get("stop", len(texts))]
+        start = time.perf_counter()
+        vectors = embed(part, request.get("options", {}))
+        seconds = time.perf_counter() - start
+        if len(vectors) != len(part):
+            raise RuntimeError(f"got {len(vectors)} vectors for {len(part)} texts")
+        _send({"seconds": seconds, "probe": [_unit(v) for v in vectors[:PROBE]]})
