@@ -142,7 +142,7 @@ def latencies(
     return times, ids
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=200)
@@ -153,7 +153,7 @@ def main() -> None:
         action="store_true",
         help="also build the index with the default 64MB maintenance_work_mem",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory(prefix="crab-bench-")
     url = args.url or server.start(Path(tmp.name) / "pgdata")
@@ -288,6 +288,7 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(text)
     print("written to", out)
+    return text
 
 
 if __name__ == "__main__":

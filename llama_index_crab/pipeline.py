@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,7 +129,7 @@ class Pipeline:
     # -- the jobs -------------------------------------------------------------------------
 
     def ingest(
-        self, paths: list[str | Path], progress: Progress | None = None, **kwargs: Any
+        self, paths: Iterable[str | Path], progress: Progress | None = None, **kwargs: Any
     ) -> IngestReport:
         from .ingest import ingest_paths
 
