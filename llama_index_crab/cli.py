@@ -126,7 +126,9 @@ def ingest(paths: tuple[str, ...], chunk_size: int | None, batch_chunks: int, **
         bar.update(len(files) - bar.n)
     seconds = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     click.echo(
-        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged; "
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged"
+        + (f", {report.empty} empty skipped" if report.empty else "")
+        + "; "
         f"{report.chunks} chunks into {opts['collection']!r} ({seconds})"
     )
     pipe.close()

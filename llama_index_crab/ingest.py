@@ -42,6 +42,7 @@ class IngestReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    empty: int = 0
     chunks: int = 0
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("read", "embed", "write"), 0.0)
@@ -113,6 +114,11 @@ def ingest_paths(
             report.unchanged += 1
             continue
         nodes = _chunks(doc, splitter)
+        if not nodes and doc.ref_doc_id not in known:
+            report.empty += 1  # nothing to store, nothing stored before: not "added"
+            if progress is not None:
+                progress(1, 0)
+            continue
         pending.append((doc, nodes))
         if sum(len(n) for _, n in pending) >= batch_chunks:
             report.seconds["read"] += time.perf_counter() - start

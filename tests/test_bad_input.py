@@ -455,6 +455,7 @@ def test_crab_ingest_of_odd_files(tmp_path: Path, database_url: str, collection_
     first = crab("ingest", str(folder), env=env)
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr
+    assert "7 added, 0 updated, 0 unchanged, 2 empty skipped" in first.stdout
     _, rows = snapshot(database_url, collection_name)
     by_file = {Path(r[2]).name for r in rows}
     assert by_file == set(files) - {"empty.txt", "blank.txt"}
@@ -466,5 +467,5 @@ def test_crab_ingest_of_odd_files(tmp_path: Path, database_url: str, collection_
 
     again = crab("ingest", str(folder), env=env)
     assert again.returncode == 0, again.stderr
-    assert "0 updated, 7 unchanged" in again.stdout
+    assert "0 added, 0 updated, 7 unchanged, 2 empty skipped" in again.stdout
     assert snapshot(database_url, collection_name)[1] == rows
