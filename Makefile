@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/crab ingest examples/corpus/python-reference
-	$(VENV)/bin/crab query "How do I make sure cleanup code runs when a block exits?" --top-n 3
-	$(VENV)/bin/crab ask "What does the yield statement do?" --top-n 3
+	$(VENV)/bin/crab query "How do I catch an exception?" --top-n 3
+	$(VENV)/bin/crab ask "What does the with statement do?" --top-n 3
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
