@@ -212,7 +212,7 @@ def ask(question: str, chat_model: str | None, filters: tuple[str, ...], **opts:
     from .chat import LlamaCppChat
 
     pipe = _pipeline(opts, create=False)
-    pipe._llm = LlamaCppChat(chat_model)
+    pipe._llm = LlamaCppChat(chat_model, max_tokens=160)
     found, answer = pipe.ask(question, filters=_filters(filters))
     click.echo("answer: ", nl=False)
     for piece in answer:
