@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from ._batching import plan_batches
 from ._gguf import file_identity, resolve_model_path
 from .errors import EmbeddingModeError, ModelError
 
-__all__ = ["POOLINGS", "LlamaRunner", "ModelInfo"]
+__all__ = ["POOLINGS", "LlamaRunner", "ModelInfo", "load_once", "runner_for"]
 
 POOLINGS = ("none", "mean", "cls", "last", "rank")
 _POOLING_IDS = {name: i for i, name in enumerate(POOLINGS)}
@@ -343,6 +343,29 @@ class LlamaRunner:
             self.close()
         except Exception:
             pass
+
+
+def load_once(owner: Any, build: Callable[[], LlamaRunner]) -> LlamaRunner:
+    """``owner._runner``, built on first use under ``owner._load_lock`` (thread-safe)."""
+    if owner._runner is None:
+        with owner._load_lock:
+            if owner._runner is None:
+                owner._runner = build()
+    runner: LlamaRunner = owner._runner
+    return runner
+
+
+def runner_for(owner: Any, pooling: str | None, n_contexts: int | None = None) -> LlamaRunner:
+    """A runner from a model class's fields (``_llm`` or ``model_path``, batching, threads)."""
+    return LlamaRunner(
+        owner._llm if owner._llm is not None else owner.model_path,
+        pooling=pooling,
+        batch_tokens=owner.batch_tokens,
+        max_length=owner.max_length,
+        n_threads=owner.n_threads,
+        n_contexts=n_contexts or owner.n_contexts,
+        flash_attn=owner.flash_attn,
+    )
 
 
 def _tokenize(model: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:

@@ -14,7 +14,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
 from ._gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
-from ._llama import POOLINGS, LlamaRunner
+from ._llama import POOLINGS, LlamaRunner, load_once, runner_for
 from .errors import PoolingError, TruncationWarning
 
 if TYPE_CHECKING:
@@ -87,29 +87,17 @@ class LlamaCppEmbedding(BaseEmbedding):
     @property
     def runner(self) -> LlamaRunner:
         """The loaded llama.cpp model (loaded on first access)."""
-        if self._runner is None:
-            with self._load_lock:
-                if self._runner is None:
-                    self._runner = self._make_runner(self.pooling)
-                    if self._runner.pooling == "rank":
-                        self._runner.close()
-                        self._runner = None
-                        raise PoolingError(
-                            "this llama_cpp.Llama uses rank pooling (a cross-encoder); "
-                            "use LlamaCppRerank for it"
-                        )
-        return self._runner
+        return load_once(self, self._load)
 
-    def _make_runner(self, pooling: str | None, n_contexts: int | None = None) -> LlamaRunner:
-        return LlamaRunner(
-            self._llm if self._llm is not None else self.model_path,
-            pooling=pooling,
-            batch_tokens=self.batch_tokens,
-            max_length=self.max_length,
-            n_threads=self.n_threads,
-            n_contexts=n_contexts or self.n_contexts,
-            flash_attn=self.flash_attn,
-        )
+    def _load(self) -> LlamaRunner:
+        runner = runner_for(self, self.pooling)
+        if runner.pooling == "rank":
+            runner.close()
+            raise PoolingError(
+                "this llama_cpp.Llama uses rank pooling (a cross-encoder); "
+                "use LlamaCppRerank for it"
+            )
+        return runner
 
     @property
     def dimension(self) -> int:
@@ -182,7 +170,7 @@ class LlamaCppEmbedding(BaseEmbedding):
         """Token-level matrices for many texts, batched like :meth:`embed`."""
         if self._token_runner is None:
             if self._llm is None and self.pooling != "none":
-                self._token_runner = self._make_runner("none", n_contexts=1)
+                self._token_runner = runner_for(self, "none", n_contexts=1)
             else:
                 self._token_runner = self.runner
         runner = self._token_runner

@@ -14,7 +14,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import Field, PrivateAttr
 
 from ._gguf import gguf_pooling, read_embedding_tables, resolve_model_path, tensor_names
-from ._llama import POOLINGS, LlamaRunner
+from ._llama import POOLINGS, LlamaRunner, load_once, runner_for
 from .errors import PoolingError
 
 __all__ = ["LlamaCppRerank"]
@@ -74,22 +74,10 @@ class LlamaCppRerank(BaseNodePostprocessor):
     @property
     def runner(self) -> LlamaRunner:
         """The loaded llama.cpp model (loaded on first access)."""
-        if self._runner is None:
-            with self._load_lock:
-                if self._runner is None:
-                    self._runner = self._load()
-        return self._runner
+        return load_once(self, self._load)
 
     def _load(self) -> LlamaRunner:
-        runner = LlamaRunner(
-            self._llm if self._llm is not None else self.model_path,
-            pooling="rank",
-            batch_tokens=self.batch_tokens,
-            max_length=self.max_length,
-            n_threads=self.n_threads,
-            n_contexts=self.n_contexts,
-            flash_attn=self.flash_attn,
-        )
+        runner = runner_for(self, "rank")
         if runner.pooling != "rank":
             runner.close()
             raise PoolingError(
@@ -119,7 +107,7 @@ class LlamaCppRerank(BaseNodePostprocessor):
         if not documents:
             return []
         runner = self.runner
-        pairs = [self._pair(runner, query, d) for d in documents]
+        pairs = self._pairs(runner, query, documents)
         seqs = [seq for seq, _, _ in pairs]
         embeds = None
         if self._tables is not None:
@@ -133,9 +121,16 @@ class LlamaCppRerank(BaseNodePostprocessor):
         return sorted(enumerate(scores), key=lambda item: -item[1])
 
     def _pair(self, runner: LlamaRunner, query: str, doc: str) -> tuple[list[int], int, bool]:
-        """Pair tokens as llama.cpp's server builds them, the document cut to fit.
+        """One pair's tokens; see :meth:`_pairs`."""
+        return self._pairs(runner, query, [doc])[0]
 
-        Returns (tokens, number of trailing tokens that form segment B, truncated?).
+    def _pairs(
+        self, runner: LlamaRunner, query: str, docs: list[str]
+    ) -> list[tuple[list[int], int, bool]]:
+        """Pair tokens as llama.cpp's server builds them, each document cut to fit.
+
+        Returns, per document, (tokens, number of trailing tokens that form segment B,
+        truncated?). The query side is tokenized once for all documents.
         """
         info = runner.info
         limit = runner.max_length
@@ -145,23 +140,24 @@ class LlamaCppRerank(BaseNodePostprocessor):
             )
             pre = runner.tokenize(before, special=True)
             post = runner.tokenize(after, special=True)
-            body = runner.tokenize(doc)
             room = max(0, limit - len(pre) - len(post))
-            return pre + body[:room] + post, 0, len(body) > room
+            bodies = [runner.tokenize(doc) for doc in docs]
+            return [(pre + b[:room] + post, 0, len(b) > room) for b in bodies]
         eos = info.eos if info.eos >= 0 else info.sep
         head = [info.bos] if info.add_bos else []
         q_end = [eos] if info.add_eos else []
         sep = [info.sep] if info.add_sep else []
         tail = [eos] if info.add_eos else []
-        q = runner.tokenize(query)
         fixed = len(head) + len(q_end) + len(sep) + len(tail)
-        if len(q) > (limit - fixed) // 2:
-            q = q[: (limit - fixed) // 2]
-        d = runner.tokenize(doc)
-        room = limit - fixed - len(q)
+        q = runner.tokenize(query)[: (limit - fixed) // 2]
         seg_a = head + q + q_end + sep
-        seg_b = d[:room] + tail
-        return seg_a + seg_b, len(seg_b), len(d) > room
+        room = limit - fixed - len(q)
+        out = []
+        for doc in docs:
+            d = runner.tokenize(doc)
+            seg_b = d[:room] + tail
+            out.append((seg_a + seg_b, len(seg_b), len(d) > room))
+        return out
 
     def _embed_with_types(self, seq: list[int], n_type1: int) -> np.ndarray:
         assert self._tables is not None
