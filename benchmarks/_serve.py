@@ -3,7 +3,8 @@
 A worker loads its model, embeds a few texts untimed, prints ``{"ready": true, "info": ...}``,
 then answers each ``{"cmd": "run", "start": i, "stop": j, "options": {...}}`` line on stdin by
 embedding ``texts[i:j]`` and printing ``{"seconds": s, "probe": [[...], ...]}`` (the first
-vectors, L2-normalised, for a parity check).
+vectors, L2-normalised, for a parity check; a scorer passes ``unit=False, probe=None`` to get
+every output as it is, e.g. one raw logit per text).
 """
 
 from __future__ import annotations
@@ -31,8 +32,18 @@ def _send(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def serve(texts_path: str, embed: Embed, info: dict[str, Any]) -> None:
-    """Answer run commands on stdin until it closes or says quit."""
+def serve(
+    texts_path: str,
+    embed: Embed,
+    info: dict[str, Any],
+    *,
+    unit: bool = True,
+    probe: int | None = PROBE,
+) -> None:
+    """Answer run commands on stdin until it closes or says quit.
+
+    The probe holds the first ``probe`` outputs (all when None), L2-normalised if ``unit``.
+    """
     with open(texts_path) as fh:
         texts: list[str] = json.load(fh)["texts"]
     embed(texts[:PROBE], {})
@@ -47,4 +58,6 @@ def serve(texts_path: str, embed: Embed, info: dict[str, Any]) -> None:
         seconds = time.perf_counter() - start
         if len(vectors) != len(part):
             raise RuntimeError(f"got {len(vectors)} vectors for {len(part)} texts")
-        _send({"seconds": seconds, "probe": [_unit(v) for v in vectors[:PROBE]]})
+        head = vectors if probe is None else vectors[:probe]
+        out = [_unit(v) if unit else [float(x) for x in v] for v in head]
+        _send({"seconds": seconds, "probe": out})
