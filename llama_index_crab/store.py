@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _search
 from ._db import async_engine_for, engine_from, translate_errors
-from ._ingest import acopy_rows, chunks, copy_rows, rows_for, unit_vectors, upsert_statement
+from ._ingest import acopy_rows, copy_rows, load, rows_for, unit_vectors, upsert_statement
 from .collections import Collection, EmbeddingIdentity, create_collection, get_collection
 from .schema import nodes
 
@@ -151,7 +151,7 @@ class PostgresVectorStore(BasePydanticVectorStore):
 
     # -- writes --------------------------------------------------------------------------
 
-    def _rows(self, collection: Collection, batch: Sequence[BaseNode]) -> Iterator[Any]:
+    def _rows(self, collection: Collection, batch: Sequence[BaseNode]) -> Iterator[bytes]:
         return rows_for(
             batch, collection.dimension, normalize=self.normalize, collection=collection.name
         )
@@ -169,9 +169,11 @@ class PostgresVectorStore(BasePydanticVectorStore):
     ) -> None:
         """COPY + upsert ``nodes`` inside the caller's transaction."""
         upsert = upsert_statement(collection.id, collection.text_search_config)
-        for chunk in chunks(self._rows(collection, nodes)):
-            copy_rows(connection, chunk)
-            connection.execute(upsert)
+        load(
+            self._rows(collection, nodes),
+            copy=lambda payload: copy_rows(connection, payload),
+            upsert=lambda: connection.execute(upsert),
+        )
 
     async def async_add(self, nodes: Sequence[BaseNode], **kwargs: Any) -> list[str]:
         if not nodes:
@@ -180,12 +182,11 @@ class PostgresVectorStore(BasePydanticVectorStore):
         with translate_errors(engine.url):
             async with engine.begin() as connection:
                 collection = await connection.run_sync(self._load)
-                rows = self._rows(collection, nodes)
+                upsert = upsert_statement(collection.id, collection.text_search_config)
                 raw = await connection.get_raw_connection()
-                await acopy_rows(raw.driver_connection, rows)
-                await connection.execute(
-                    upsert_statement(collection.id, collection.text_search_config)
-                )
+                for payload in self._rows(collection, nodes):
+                    await acopy_rows(raw.driver_connection, payload)
+                    await connection.execute(upsert)
         return [node.node_id for node in nodes]
 
     @staticmethod

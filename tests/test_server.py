@@ -40,6 +40,14 @@ def test_start_reuse_stop_and_restart(pgdata: Path) -> None:
     assert _scalar(url, "SELECT current_database()") == "crab"
     assert _scalar(url, "SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'") == 1
     _scalar(url, "CREATE TABLE kept AS SELECT 42 AS x")
+    # A new data directory gets the ingest tuning, which needs a restart to apply.
+    for name, value in server.tuning().items():
+        shown = _scalar(url, f"SHOW {name}")
+        if value.endswith("B"):  # sizes: PostgreSQL shows 1024MB as 1GB
+            same = f"SELECT pg_size_bytes('{shown}') = pg_size_bytes('{value}')"
+            assert _scalar(url, same), (name, shown, value)
+        else:
+            assert shown == value, name
 
     assert server.start(pgdata) == url
     assert server.status(pgdata).pid == first.pid
