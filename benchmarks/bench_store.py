@@ -164,9 +164,15 @@ def main(argv: list[str] | None = None) -> str:
     categories = rng.integers(0, CATEGORIES, args.rows)
     table: list[tuple[str, str]] = []
 
-    name = f"bench_{int(time.time())}"
-    store = PostgresVectorStore(engine, name, EmbeddingIdentity("bench", DIM, "mean"))
-    store.create_collection(index=False)
+    # Fault in the server's shared buffers first, so neither contestant pays for that.
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "CREATE TABLE bench_warm AS "
+                "SELECT repeat('x', 2000) AS x FROM generate_series(1, 500000)"
+            )
+        )
+        connection.execute(sa.text("DROP TABLE bench_warm"))
     nodes = [
         TextNode(
             id_=f"n{i}",
@@ -178,13 +184,26 @@ def main(argv: list[str] | None = None) -> str:
     ]
     pgdata = None if args.url else Path(tmp.name) / "pgdata"
     server_cpu = ServerCPU(pgdata)
-    start, cpu, server_start = time.perf_counter(), time.process_time(), server_cpu.seconds()
-    for offset in range(0, len(nodes), 10_000):
-        store.add(nodes[offset : offset + 10_000])
-    ours = args.rows / (time.perf_counter() - start)
-    ours_cpu = (time.process_time() - cpu + server_cpu.seconds() - server_start) / args.rows
+    runs: list[tuple[float, float]] = []
+    # Two runs, each into a new collection: the first into an empty table, the second
+    # into one that already holds the first's rows (the index is built on the second).
+    stores: list[PostgresVectorStore] = []
+    for run in range(2):
+        name = f"bench_{run}_{int(time.time())}"
+        store = PostgresVectorStore(engine, name, EmbeddingIdentity("bench", DIM, "mean"))
+        stores.append(store)
+        store.create_collection(index=False)
+        start, cpu, server_start = time.perf_counter(), time.process_time(), server_cpu.seconds()
+        for offset in range(0, len(nodes), 10_000):
+            store.add(nodes[offset : offset + 10_000])
+        rate = args.rows / (time.perf_counter() - start)
+        runs.append(
+            (rate, (time.process_time() - cpu + server_cpu.seconds() - server_start) / args.rows)
+        )
+        print(f"ingest run {run + 1}: {rate:,.0f} rows/s", flush=True)
     del nodes
-    print(f"ingest: {ours:,.0f} rows/s", flush=True)
+    stores[0].close()
+    (ours, ours_cpu), (again, _) = runs
 
     pgvs_rows = args.pgvs_rows or args.rows
     server_start = server_cpu.seconds()
@@ -192,11 +211,18 @@ def main(argv: list[str] | None = None) -> str:
     theirs_cpu = (their_client_cpu + server_cpu.seconds() - server_start) / pgvs_rows
     print(f"PGVectorStore ingest: {theirs:,.0f} rows/s", flush=True)
     table += [
-        ("ingest, PostgresVectorStore.add (binary COPY + upsert)", f"{ours:,.0f} rows/s"),
-        (f"ingest, PGVectorStore.add 0.9.0 ({pgvs_rows:,} rows)", f"{theirs:,.0f} rows/s"),
-        ("ingest speed-up (wall clock)", f"{ours / theirs:.1f}×"),
         (
-            "ingest CPU per row, client + server: ours / PGVectorStore",
+            "ingest, PostgresVectorStore.add (binary COPY + upsert): run 1 (empty table) / "
+            "run 2 (table holds run 1)",
+            " / ".join(f"{rate:,.0f} rows/s" for rate, _ in runs),
+        ),
+        (f"ingest, PGVectorStore.add 0.9.0 ({pgvs_rows:,} rows)", f"{theirs:,.0f} rows/s"),
+        (
+            "ingest speed-up, wall clock: run 1 (both into an empty table) / run 2",
+            f"{ours / theirs:.1f}× / {again / theirs:.1f}×",
+        ),
+        (
+            "ingest CPU per row, client + server: ours (run 1) / PGVectorStore",
             f"{ours_cpu * 1e6:.0f} µs / {theirs_cpu * 1e6:.0f} µs "
             f"({theirs_cpu / ours_cpu:.1f}× less)",
         ),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from llama_index.core.schema import BaseNode, MetadataMode
+from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from pydantic_core import PydanticSerializationError
 
 from .errors import VectorValueError
@@ -22,10 +23,10 @@ NORM_TOLERANCE = 1e-3
 # Rows per COPY + upsert round trip: small enough that encoding the next payload overlaps
 # the server's work on this one, large enough that round trips do not count (measured).
 ROWS_PER_COPY = 2000
-FIRST_COPY_ROWS = 250
+EDGE_COPY_ROWS = 250
 
 COPY_SQL = (
-    f"COPY {staging.name} (node_id, ref_doc_id, text, metadata, embedding) "
+    f"COPY {staging.name} (node_id, ref_doc_id, text, metadata, node_content, embedding) "
     "FROM STDIN WITH (FORMAT BINARY)"
 )
 # PostgreSQL's binary COPY format, written by hand: psycopg's row-by-row formatting (and its
@@ -33,7 +34,7 @@ COPY_SQL = (
 # server decodes each field with its column's own receive function, so pgvector's binary
 # ``vector`` needs no type registered on (possibly the caller's) connections.
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
-_FIELD_COUNT = struct.pack("!h", 5)
+_FIELD_COUNT = struct.pack("!h", 6)
 _NULL = struct.pack("!i", -1)
 _LENGTH = struct.Struct("!i")
 # Left out of ``_node_content``: the vector and the text have their own columns.
@@ -46,13 +47,15 @@ def upsert_statement(collection_id: int, text_search_config: str) -> sa.TextClau
     Other transactions' uncommitted staging rows are invisible, and every ingest moves its
     own rows out before committing, so this only ever takes the current transaction's rows.
     """
-    columns = ("ref_doc_id", "text", "metadata", "embedding", "text_search")
+    columns = ("ref_doc_id", "text", "metadata", "node_content", "embedding", "text_search")
     updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
     return sa.text(
-        f"WITH staged AS (DELETE FROM {staging.name} RETURNING *) "
+        f"WITH staged AS (DELETE FROM {staging.name} WHERE xact = pg_current_xact_id() "
+        "RETURNING *) "
         f"INSERT INTO {nodes.name} "
-        "(collection_id, node_id, ref_doc_id, text, metadata, embedding, text_search) "
-        "SELECT :collection_id, node_id, ref_doc_id, text, metadata, embedding, "
+        "(collection_id, node_id, ref_doc_id, text, metadata, node_content, embedding, "
+        "text_search) "
+        "SELECT :collection_id, node_id, ref_doc_id, text, metadata, node_content, embedding, "
         "to_tsvector(CAST(:config AS regconfig), text) FROM staged "
         f"ON CONFLICT (collection_id, node_id) DO UPDATE SET {updates}"
     ).bindparams(collection_id=collection_id, config=text_search_config)
@@ -150,6 +153,21 @@ def check_storable(value: Any, where: str) -> None:
             check_storable(item, f"{where} (an item)")
 
 
+def payload_sizes(rows: int) -> list[int]:
+    """Rows per payload: ``ROWS_PER_COPY`` in the middle, ramping up from and down to
+    ``EDGE_COPY_ROWS``, since neither the first encoding nor the last upsert has the
+    other side's work to overlap with."""
+    ramp: list[int] = []
+    size = EDGE_COPY_ROWS
+    while size < ROWS_PER_COPY and 2 * (sum(ramp) + size) <= rows:
+        ramp.append(size)
+        size *= 2
+    middle = rows - 2 * sum(ramp)
+    count = -(-middle // ROWS_PER_COPY)
+    sizes = [middle // count + (i < middle % count) for i in range(count)] if middle else []
+    return ramp + sizes + ramp[::-1]
+
+
 def rows_for(
     batch: Sequence[BaseNode], dimension: int, *, normalize: bool, collection: str
 ) -> Iterator[bytes]:
@@ -160,11 +178,10 @@ def rows_for(
     A node id repeated in ``batch`` keeps its last version.
     """
     latest = list({node.node_id: node for node in batch}.values())
-    start, size = 0, FIRST_COPY_ROWS
-    while start < len(latest):
-        # Small payloads first, so the server starts early and the rest overlap with it.
+    start = 0
+    for size in payload_sizes(len(latest)):
         part = latest[start : start + size]
-        start, size = start + size, min(2 * size, ROWS_PER_COPY)
+        start += size
         for node in part:
             if node.embedding is None:
                 raise VectorValueError(
@@ -186,24 +203,25 @@ def _embedding_label(nodes: Sequence[BaseNode], index: int) -> str:
     return f"the embedding of node {nodes[index].node_id!r}"
 
 
-def node_metadata(node: BaseNode) -> str:
-    """The ``metadata`` column as JSON: what LlamaIndex's ``node_to_metadata_dict`` makes
-    (the node's metadata plus ``_node_content`` and the doc id keys), built without
-    serialising the embedding or the text (the text has its own column)."""
+def node_columns(node: BaseNode) -> tuple[str, str]:
+    """The ``metadata`` (JSON) and ``node_content`` columns: together what LlamaIndex's
+    ``node_to_metadata_dict`` makes (the node's metadata, its doc id keys and the node as
+    JSON in ``_node_content``), built without serialising the embedding or the text
+    (they have their own columns)."""
     content = node.model_dump_json(exclude=_NOT_IN_CONTENT)
     ref = node.ref_doc_id or "None"
-    extra = {
-        "_node_content": content,
-        "_node_type": node.class_name(),
-        "document_id": ref,
-        "doc_id": ref,
-        "ref_doc_id": ref,
-    }
+    extra = {"_node_type": node.class_name(), "document_id": ref, "doc_id": ref, "ref_doc_id": ref}
     try:
-        return json.dumps({**node.metadata, **extra}, ensure_ascii=False, allow_nan=False)
+        metadata = json.dumps({**node.metadata, **extra}, ensure_ascii=False, allow_nan=False)
     except TypeError:  # values only pydantic can put into JSON (dates, enums, ...)
-        metadata = json.loads(content)["metadata"]
-        return json.dumps({**metadata, **extra}, ensure_ascii=False, allow_nan=False)
+        plain = json.loads(content)["metadata"]
+        metadata = json.dumps({**plain, **extra}, ensure_ascii=False, allow_nan=False)
+    return metadata, content
+
+
+def stored_node(metadata: dict[str, Any], node_content: str, text: str) -> BaseNode:
+    """The node that ``node_columns`` stored."""
+    return metadata_dict_to_node({**metadata, "_node_content": node_content}, text=text)
 
 
 def encode_row(node: BaseNode, vector: bytes) -> bytes:
@@ -213,12 +231,13 @@ def encode_row(node: BaseNode, vector: bytes) -> bytes:
     try:
         node_id, body = node.node_id.encode(), text.encode()
         ref_id = None if ref is None else ref.encode()
-        metadata = node_metadata(node).encode()
+        metadata_json, content_json = node_columns(node)
+        metadata, content = metadata_json.encode(), content_json.encode()
     except (ValueError, PydanticSerializationError) as exc:  # NaN, lone surrogates, ...
         _check_node(node, text)
         raise ValueError(f"node {node.node_id!r} cannot be stored as JSON: {exc}") from exc
     # NUL is legal in Python strings; in the JSON it shows up as an escape.
-    if b"\0" in node_id or b"\0" in body or b"\\u0000" in metadata or b"\0" in (ref_id or b""):
+    if b"\0" in node_id or b"\0" in body or b"\0" in (ref_id or b"") or b"\\u0000" in metadata:
         _check_node(node, text)  # says exactly what is wrong (or finds a harmless lookalike)
     return b"".join(
         (
@@ -231,6 +250,8 @@ def encode_row(node: BaseNode, vector: bytes) -> bytes:
             _LENGTH.pack(len(metadata) + 1),
             b"\x01",  # jsonb's binary format: a version byte, then the JSON text
             metadata,
+            _LENGTH.pack(len(content)),
+            content,
             _LENGTH.pack(len(vector)),
             vector,
         )

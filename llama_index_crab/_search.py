@@ -16,8 +16,10 @@ from .collections import Collection
 from .filters import to_clause
 from .schema import nodes
 
+# node id, text, metadata (with ``_node_content``), score
 Hit = tuple[str, str, dict[str, Any], float]
 RRF_K = 60
+STORED = (nodes.c.node_id, nodes.c.text, nodes.c.metadata, nodes.c.node_content)
 
 
 def where(
@@ -42,8 +44,9 @@ def where(
 
 
 def hit(row: Sequence[Any]) -> Hit:
-    node_id, text, metadata, score = row
-    return str(node_id), str(text), dict(metadata), float(score)
+    """A ``Hit`` from a row of node id, text, metadata, node content, score."""
+    node_id, text, metadata, node_content, score = row[:5]
+    return str(node_id), str(text), {**metadata, "_node_content": node_content}, float(score)
 
 
 def _vector_literal(vector: np.ndarray) -> ColumnElement[str]:
@@ -71,10 +74,7 @@ def dense(
             sa.cast(_vector_literal(vector), typed)
         )
     return (
-        sa.select(nodes.c.node_id, nodes.c.text, nodes.c.metadata, (-distance).label("score"))
-        .where(predicate)
-        .order_by(distance)
-        .limit(k)
+        sa.select(*STORED, (-distance).label("score")).where(predicate).order_by(distance).limit(k)
     )
 
 
@@ -83,12 +83,7 @@ def probe(
 ) -> sa.Select[tuple[str, str, dict[str, Any], float, int]]:
     """Exact top ``k`` among at most ``limit + 1`` matching rows, with how many matched:
     if no more than ``limit`` did, the answer is exact and complete."""
-    candidates = (
-        sa.select(nodes.c.node_id, nodes.c.text, nodes.c.metadata, nodes.c.embedding)
-        .where(predicate)
-        .limit(limit + 1)
-        .subquery()
-    )
+    candidates = sa.select(*STORED, nodes.c.embedding).where(predicate).limit(limit + 1).subquery()
     distance = candidates.c.embedding.op("<#>", return_type=sa.Float)(
         sa.cast(_vector_literal(vector), VECTOR())
     )
@@ -97,6 +92,7 @@ def probe(
             candidates.c.node_id,
             candidates.c.text,
             candidates.c.metadata,
+            candidates.c.node_content,
             (-distance).label("score"),
             sa.func.count().over().label("matched"),
         )
@@ -114,7 +110,7 @@ def text(
     )
     rank = sa.func.ts_rank_cd(nodes.c.text_search, tsquery, type_=sa.Float)
     return (
-        sa.select(nodes.c.node_id, nodes.c.text, nodes.c.metadata, rank.label("score"))
+        sa.select(*STORED, rank.label("score"))
         .where(predicate, nodes.c.text_search.op("@@")(tsquery))
         .order_by(rank.desc(), nodes.c.node_id)
         .limit(k)

@@ -26,7 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import _search
 from ._db import async_engine_for, engine_from, translate_errors
-from ._ingest import acopy_rows, copy_rows, load, rows_for, unit_vectors, upsert_statement
+from ._ingest import (
+    acopy_rows,
+    copy_rows,
+    load,
+    rows_for,
+    stored_node,
+    unit_vectors,
+    upsert_statement,
+)
 from .collections import Collection, EmbeddingIdentity, create_collection, get_collection
 from .schema import nodes
 
@@ -255,11 +263,11 @@ class PostgresVectorStore(BasePydanticVectorStore):
         predicate, _ = _search.where(collection, filters, node_ids)
         if filters is not None:
             connection.execute(sa.select(_search.CUSTOM_PLANS))
-        columns = (nodes.c.node_id, nodes.c.text, nodes.c.metadata, nodes.c.embedding)
+        columns = (*_search.STORED, nodes.c.embedding)
         rows = connection.execute(sa.select(*columns).where(predicate).order_by(nodes.c.node_id))
         found = []
-        for _, text, metadata, embedding in rows:
-            node = metadata_dict_to_node(metadata, text=text)
+        for _, text, metadata, node_content, embedding in rows:
+            node = stored_node(metadata, node_content, text)
             node.embedding = [float(x) for x in embedding]
             found.append(node)
         return found
@@ -328,7 +336,7 @@ class PostgresVectorStore(BasePydanticVectorStore):
             probed = connection.execute(candidates).all()
             if not probed or probed[0].matched <= self.exact_threshold:
                 exact = True
-                dense = [_search.hit(row[:4]) for row in probed]
+                dense = [_search.hit(row) for row in probed]
         if not exact or not dense:
             statement = _search.dense(collection, vector, k, predicate, exact=exact)
             dense = [_search.hit(row) for row in connection.execute(statement)]

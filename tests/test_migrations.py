@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,8 +12,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from llama_index.core.schema import TextNode
 
-from llama_index_crab import migrate
+from llama_index_crab import EmbeddingIdentity, PostgresVectorStore, migrate
 from llama_index_crab._db import to_url
 from llama_index_crab.errors import DatabaseUnavailableError, PgvectorMissingError, SchemaError
 from llama_index_crab.schema import VERSION_TABLE, metadata
@@ -59,7 +61,51 @@ def test_step_by_step_down_and_up(empty_database: str) -> None:
     assert not TABLES & _tables(empty_database)
     migrate.upgrade(empty_database, "head")
     migrate.downgrade(empty_database, "-1")
+    assert migrate.current(empty_database) == "0002"
+    migrate.downgrade(empty_database, "-1")
     assert migrate.current(empty_database) == "0001"
+
+
+def test_0003_moves_node_content_out_of_metadata_and_back(empty_database: str) -> None:
+    """Nodes written under 0002 (``_node_content`` inside the jsonb) read back intact
+    after 0003, and the downgrade puts them back as they were."""
+    migrate.upgrade(empty_database, "0002")
+    engine = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
+    vector = "[" + ",".join(["0.6", "0.8"]) + "]"
+    old_metadata = {
+        "topic": "x",
+        "_node_content": TextNode(id_="n1", text="", metadata={"topic": "x"}).model_dump_json(),
+        "_node_type": "TextNode",
+    }
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO crab_collections (name, model, dimension, pooling) "
+                    "VALUES ('old', 'm', 2, 'mean')"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO crab_nodes (collection_id, node_id, text, metadata, embedding, "
+                    "text_search) SELECT id, 'n1', 'hello', CAST(:m AS jsonb), "
+                    "CAST(:v AS vector), to_tsvector('hello') FROM crab_collections"
+                ),
+                {"m": json.dumps(old_metadata), "v": vector},
+            )
+        migrate.upgrade(empty_database)
+        store = PostgresVectorStore(empty_database, "old", EmbeddingIdentity("m", 2, "mean"))
+        (node,) = store.get_nodes(["n1"])
+        store.close()
+        assert (node.node_id, node.get_content(), node.metadata) == ("n1", "hello", {"topic": "x"})
+        with engine.connect() as connection:
+            stored = connection.scalar(sa.text("SELECT metadata FROM crab_nodes"))
+        assert "_node_content" not in stored
+        migrate.downgrade(empty_database, "0002")
+        with engine.connect() as connection:
+            assert connection.scalar(sa.text("SELECT metadata FROM crab_nodes")) == old_metadata
+    finally:
+        engine.dispose()
 
 
 def test_no_drift_between_schema_and_migrations(engine: sa.Engine) -> None:

@@ -110,8 +110,8 @@ def _block_the_upsert(url: str, collection_id: int, node_id: str) -> sa.Connecti
     connection = engine.connect()
     connection.execute(
         sa.text(
-            "INSERT INTO crab_nodes (collection_id, node_id, text, metadata, embedding, "
-            "text_search) VALUES (:cid, :nid, 'blocker', '{}', :vector, '')"
+            "INSERT INTO crab_nodes (collection_id, node_id, text, metadata, node_content, "
+            "embedding, text_search) VALUES (:cid, :nid, 'blocker', '{}', '{}', :vector, '')"
         ),
         {"cid": collection_id, "nid": node_id, "vector": str([1.0] + [0.0] * (DIM - 1))},
     )
