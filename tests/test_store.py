@@ -15,6 +15,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from llama_index_crab._db import to_url
+from llama_index_crab._ingest import ROWS_PER_COPY, payload_sizes
 from llama_index_crab.collections import EmbeddingIdentity, create_collection, list_collections
 from llama_index_crab.errors import (
     CollectionMismatchError,
@@ -116,6 +117,31 @@ def test_a_failing_batch_writes_nothing(
         store.add(batch)
     assert [(n.node_id, n.get_content()) for n in store.get_nodes()] == [("keep", "kept")]
     assert _count(engine, "crab_staging") == 0
+
+
+def test_a_batch_of_many_payloads_is_still_all_or_nothing(
+    make_store: MakeStore, rng: np.random.Generator, engine: sa.Engine
+) -> None:
+    """A big add goes out in several COPY payloads (encoded while the server upserts the
+    previous one); a bad node in the last payload still rolls back every earlier one."""
+    store = make_store()
+    count = 5000
+    sizes = payload_sizes(count)
+    assert len(sizes) > 3 and sum(sizes) == count and max(sizes) <= ROWS_PER_COPY
+    batch = [node(f"n{i}", unit(rng, DIM), f"text {i}") for i in range(count)]
+    store.add(batch)
+    assert _count(engine) == count
+    replaced = [node(f"n{i}", unit(rng, DIM), f"new {i}") for i in range(count)]
+    replaced[-1] = node("n4999", unit(rng, DIM) * 2)  # in the last payload
+    with pytest.raises(VectorValueError, match="'n4999'"):
+        store.add(replaced)
+    got = {n.node_id: n.get_content() for n in store.get_nodes()}
+    assert got == {f"n{i}": f"text {i}" for i in range(count)}
+    assert _count(engine, "crab_staging") == 0
+    store.add(replaced[:-1])
+    assert {n.get_content() for n in store.get_nodes([f"n{i}" for i in range(4998)])} == {
+        f"new {i}" for i in range(4998)
+    }
 
 
 def test_an_invalid_vector_rejects_the_whole_batch(
