@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 from llama_index.core.schema import BaseNode, MetadataMode
-from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from pydantic_core import PydanticSerializationError
 
 from .errors import VectorValueError
@@ -168,7 +167,7 @@ def payload_sizes(rows: int) -> list[int]:
     return ramp + sizes + ramp[::-1]
 
 
-def rows_for(
+def payloads_for(
     batch: Sequence[BaseNode], dimension: int, *, normalize: bool, collection: str
 ) -> Iterator[bytes]:
     """COPY payloads (binary format, up to ``ROWS_PER_COPY`` rows each) for ``batch``.
@@ -219,11 +218,6 @@ def node_columns(node: BaseNode) -> tuple[str, str]:
     return metadata, content
 
 
-def stored_node(metadata: dict[str, Any], node_content: str, text: str) -> BaseNode:
-    """The node that ``node_columns`` stored."""
-    return metadata_dict_to_node({**metadata, "_node_content": node_content}, text=text)
-
-
 def encode_row(node: BaseNode, vector: bytes) -> bytes:
     """One row of the staging COPY, or a ValueError naming what PostgreSQL cannot store."""
     text = node.get_content(metadata_mode=MetadataMode.NONE)
@@ -265,13 +259,13 @@ def _check_node(node: BaseNode, text: str) -> None:
     check_storable(text, f"the text of node {node.node_id!r}")
 
 
-def copy_rows(connection: sa.Connection, payload: bytes) -> None:
-    """Send one ``rows_for`` payload into the staging table."""
+def copy_payload(connection: sa.Connection, payload: bytes) -> None:
+    """Send one ``payloads_for`` payload into the staging table."""
     raw: Any = connection.connection.driver_connection
     with raw.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
         copy.write(payload)
 
 
-async def acopy_rows(raw: Any, payload: bytes) -> None:
+async def acopy_payload(raw: Any, payload: bytes) -> None:
     async with raw.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
         await copy.write(payload)

@@ -43,10 +43,16 @@ def where(
     return sa.and_(*parts), len(parts) > 1
 
 
+def stored_metadata(metadata: dict[str, Any], node_content: str) -> dict[str, Any]:
+    """The ``STORED`` columns back as LlamaIndex's metadata dict (``_node_content`` in it),
+    what ``metadata_dict_to_node`` reads."""
+    return {**metadata, "_node_content": node_content}
+
+
 def hit(row: Sequence[Any]) -> Hit:
     """A ``Hit`` from a row of node id, text, metadata, node content, score."""
     node_id, text, metadata, node_content, score = row[:5]
-    return str(node_id), str(text), {**metadata, "_node_content": node_content}, float(score)
+    return str(node_id), str(text), stored_metadata(metadata, node_content), float(score)
 
 
 def _vector_literal(vector: np.ndarray) -> ColumnElement[str]:

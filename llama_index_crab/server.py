@@ -14,6 +14,8 @@ import re
 import stat
 import subprocess
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,28 +115,30 @@ def tuning() -> dict[str, str]:
     }
 
 
-def _tune(info: Any) -> None:
+@contextmanager
+def _admin(info: Any) -> Iterator[sa.Connection]:
+    """An autocommit connection to the server's ``postgres`` database."""
     admin = to_url(f"postgresql://postgres@/postgres?host={info.socket_dir}")
     engine = sa.create_engine(admin, poolclass=sa.NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            for name, value in tuning().items():
-                # ALTER SYSTEM takes no bind parameters; names and values are our constants.
-                connection.execute(sa.text(f"ALTER SYSTEM SET {name} = '{value}'"))
+            yield connection
     finally:
         engine.dispose()
+
+
+def _tune(info: Any) -> None:
+    with _admin(info) as connection:
+        for name, value in tuning().items():
+            # ALTER SYSTEM takes no bind parameters; names and values are our constants.
+            connection.execute(sa.text(f"ALTER SYSTEM SET {name} = '{value}'"))
 
 
 def _ensure_database(info: Any) -> None:
-    admin = to_url(f"postgresql://postgres@/postgres?host={info.socket_dir}")
-    engine = sa.create_engine(admin, poolclass=sa.NullPool, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
-            if connection.scalar(exists, {"name": DATABASE}) is None:
-                connection.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
-    finally:
-        engine.dispose()
+    with _admin(info) as connection:
+        exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
+        if connection.scalar(exists, {"name": DATABASE}) is None:
+            connection.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
 
 
 def start(pgdata: Path | None = None) -> str:

@@ -27,11 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from . import _search
 from ._db import async_engine_for, engine_from, translate_errors
 from ._ingest import (
-    acopy_rows,
-    copy_rows,
+    acopy_payload,
+    copy_payload,
     load,
-    rows_for,
-    stored_node,
+    payloads_for,
     unit_vectors,
     upsert_statement,
 )
@@ -159,8 +158,8 @@ class PostgresVectorStore(BasePydanticVectorStore):
 
     # -- writes --------------------------------------------------------------------------
 
-    def _rows(self, collection: Collection, batch: Sequence[BaseNode]) -> Iterator[bytes]:
-        return rows_for(
+    def _payloads(self, collection: Collection, batch: Sequence[BaseNode]) -> Iterator[bytes]:
+        return payloads_for(
             batch, collection.dimension, normalize=self.normalize, collection=collection.name
         )
 
@@ -178,8 +177,8 @@ class PostgresVectorStore(BasePydanticVectorStore):
         """COPY + upsert ``nodes`` inside the caller's transaction."""
         upsert = upsert_statement(collection.id, collection.text_search_config)
         load(
-            self._rows(collection, nodes),
-            copy=lambda payload: copy_rows(connection, payload),
+            self._payloads(collection, nodes),
+            copy=lambda payload: copy_payload(connection, payload),
             upsert=lambda: connection.execute(upsert),
         )
 
@@ -192,8 +191,8 @@ class PostgresVectorStore(BasePydanticVectorStore):
                 collection = await connection.run_sync(self._load)
                 upsert = upsert_statement(collection.id, collection.text_search_config)
                 raw = await connection.get_raw_connection()
-                for payload in self._rows(collection, nodes):
-                    await acopy_rows(raw.driver_connection, payload)
+                for payload in self._payloads(collection, nodes):
+                    await acopy_payload(raw.driver_connection, payload)
                     await connection.execute(upsert)
         return [node.node_id for node in nodes]
 
@@ -267,7 +266,7 @@ class PostgresVectorStore(BasePydanticVectorStore):
         rows = connection.execute(sa.select(*columns).where(predicate).order_by(nodes.c.node_id))
         found = []
         for _, text, metadata, node_content, embedding in rows:
-            node = stored_node(metadata, node_content, text)
+            node = metadata_dict_to_node(_search.stored_metadata(metadata, node_content), text=text)
             node.embedding = [float(x) for x in embedding]
             found.append(node)
         return found
