@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,10 +26,22 @@ from llama_index.core.schema import (
 from .documents import document_hashes, replace_documents
 
 if TYPE_CHECKING:
+    from llama_index.core.node_parser import SentenceSplitter
+
     from .embedding import LlamaCppEmbedding
     from .store import PostgresVectorStore
 
-__all__ = ["SUPPORTED_SUFFIXES", "IngestReport", "ingest_paths", "list_files", "read_documents"]
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "IngestReport",
+    "embed_nodes",
+    "ingest_paths",
+    "list_files",
+    "prepare_documents",
+    "read_documents",
+    "record_written",
+    "splitter_for",
+]
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf")
 Progress = Callable[[int, int], None]
@@ -96,25 +108,16 @@ def ingest_paths(
     progress: Progress | None = None,
 ) -> IngestReport:
     """Ingest files and folders into ``store``; unchanged files are skipped."""
-    from llama_index.core.node_parser import SentenceSplitter
-
     report = IngestReport()
-    runner = embed_model.runner
-    size = chunk_size or min(256, runner.max_length - len(runner.info.head) - len(runner.info.tail))
-    splitter = SentenceSplitter(
-        chunk_size=size,
-        chunk_overlap=min(chunk_overlap, size // 4),
-        tokenizer=lambda text: runner.tokenize(text),
-    )
+    splitter = splitter_for(embed_model, chunk_size, chunk_overlap)
     known = document_hashes(store)
     pending: list[tuple[_Doc, list[TextNode]]] = []
     start = time.perf_counter()
-    for doc in read_documents(list_files(paths)):
-        if known.get(doc.ref_doc_id) == doc.text_hash:
+    for status, doc, nodes in prepare_documents(list_files(paths), splitter, known):
+        if status == "unchanged":
             report.unchanged += 1
             continue
-        nodes = _chunks(doc, splitter)
-        if not nodes and doc.ref_doc_id not in known:
+        if status == "empty":
             report.empty += 1  # nothing to store, nothing stored before: not "added"
             if progress is not None:
                 progress(1, 0)
@@ -127,6 +130,61 @@ def ingest_paths(
     report.seconds["read"] += time.perf_counter() - start
     _flush(pending, embed_model, store, known, report, progress)
     return report
+
+
+def splitter_for(
+    embed_model: LlamaCppEmbedding, chunk_size: int | None = None, chunk_overlap: int = 32
+) -> SentenceSplitter:
+    """The splitter ingest uses: chunks measured in the model's own tokens, fitting its context."""
+    from llama_index.core.node_parser import SentenceSplitter
+
+    runner = embed_model.runner
+    size = chunk_size or min(256, runner.max_length - len(runner.info.head) - len(runner.info.tail))
+    return SentenceSplitter(
+        chunk_size=size,
+        chunk_overlap=min(chunk_overlap, size // 4),
+        tokenizer=lambda text: runner.tokenize(text),
+    )
+
+
+def prepare_documents(
+    files: Iterable[Path], splitter: SentenceSplitter, known: Mapping[str, str]
+) -> Iterator[tuple[str, _Doc, list[TextNode]]]:
+    """Read and chunk each file: ``(status, doc, nodes)``, status one of ``"unchanged"``
+    (its hash is ``known``; not chunked), ``"empty"`` (no chunks, nothing stored before) or
+    ``"changed"`` (nodes to embed and write; an empty list deletes the stored document)."""
+    for doc in read_documents(files):
+        if known.get(doc.ref_doc_id) == doc.text_hash:
+            yield "unchanged", doc, []
+            continue
+        nodes = _chunks(doc, splitter)
+        if not nodes and doc.ref_doc_id not in known:
+            yield "empty", doc, nodes
+            continue
+        yield "changed", doc, nodes
+
+
+def embed_nodes(embed_model: LlamaCppEmbedding, chunks: Sequence[TextNode]) -> None:
+    """Set each node's embedding, many nodes per llama.cpp decode."""
+    if not chunks:
+        return
+    texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in chunks]
+    vectors = embed_model.embed(texts, prefix=embed_model.text_prefix)
+    for node, vector in zip(chunks, vectors):
+        node.embedding = vector.tolist()
+
+
+def record_written(
+    report: IngestReport, known: dict[str, str], docs: Iterable[tuple[str, str]], chunks: int
+) -> None:
+    """Count written ``(ref_doc_id, text_hash)`` documents as added or updated."""
+    for ref_doc_id, text_hash in docs:
+        if ref_doc_id in known:
+            report.updated += 1
+        else:
+            report.added += 1
+        known[ref_doc_id] = text_hash
+    report.chunks += chunks
 
 
 def _chunks(doc: _Doc, splitter: object) -> list[TextNode]:
@@ -159,22 +217,12 @@ def _flush(
         return
     chunks: Sequence[TextNode] = [n for _, nodes in pending for n in nodes]
     start = time.perf_counter()
-    if chunks:
-        texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in chunks]
-        vectors = embed_model.embed(texts, prefix=embed_model.text_prefix)
-        for node, vector in zip(chunks, vectors):
-            node.embedding = vector.tolist()
+    embed_nodes(embed_model, chunks)
     report.seconds["embed"] += time.perf_counter() - start
     start = time.perf_counter()
     replace_documents(store, {doc.ref_doc_id: nodes for doc, nodes in pending})
     report.seconds["write"] += time.perf_counter() - start
-    for doc, _ in pending:
-        if doc.ref_doc_id in known:
-            report.updated += 1
-        else:
-            report.added += 1
-        known[doc.ref_doc_id] = doc.text_hash
-    report.chunks += len(chunks)
+    record_written(report, known, ((d.ref_doc_id, d.text_hash) for d, _ in pending), len(chunks))
     if progress is not None:
         progress(len(pending), len(chunks))
     pending.clear()
