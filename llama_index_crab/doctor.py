@@ -54,7 +54,10 @@ def doctor(
         return f"{model.model_name}, pooling {model.resolved_pooling}, {model.dimension}-dim"
 
     def reranker() -> str:
-        model = LlamaCppRerank(rerank_model or default_rerank_model())
+        chosen = rerank_model or default_rerank_model()
+        if not chosen:
+            return "none configured: results are not reranked (--rerank-model to add one)"
+        model = LlamaCppRerank(chosen)
         return f"{os.path.basename(model.model_path)}, rank pooling with a classifier head"
 
     def chat() -> str:
@@ -134,10 +137,12 @@ def db() -> None:
 
 @db.command()
 def start() -> None:
-    """Start the embedded server (and migrate it)."""
-    from .pipeline import resolve_database_url
+    """Start the embedded server (and migrate it); print its URL, password masked."""
+    from . import migrate, server
 
-    click.echo(mask_url(resolve_database_url(None)))
+    started = server.start()
+    migrate.upgrade(started)
+    click.echo(mask_url(started))
 
 
 @db.command()
@@ -154,12 +159,16 @@ def status() -> None:
     from . import server
 
     s = server.status()
-    click.echo(f"{'running' if s.running else 'stopped'} (pid {s.pid}) data {s.pgdata}")
+    if not s.running:
+        click.echo(f"stopped, data {s.pgdata}")
+        return
+    sockets = to_url(s.url).query["host"] if s.url else "?"
+    click.echo(f"running (pid {s.pid}), data {s.pgdata}, socket in {sockets}")
 
 
 @db.command()
 def url() -> None:
-    """Print the embedded server's URL (for CRAB_DATABASE_URL)."""
+    """Print the embedded server's URL with its password (for CRAB_DATABASE_URL)."""
     click.echo(_url())
 
 

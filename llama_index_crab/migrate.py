@@ -63,6 +63,8 @@ def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> 
     from alembic import command
 
     with transaction(url_or_engine) as connection:
+        # Concurrent first runs (several `crab` commands started at once) take turns.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crab migrate'))"))
         command.upgrade(_config(connection), revision)
 
 
@@ -105,7 +107,7 @@ def check(connection: sa.Connection) -> None:
         raise SchemaError(
             f"database {mask_url(connection.engine.url)} is at migration {at!r} but this "
             f"version of llama_index_crab needs {newest!r}; "
-            "run `python -m llama_index_crab.migrate upgrade`"
+            "run `crab migrate`"
         )
 
 

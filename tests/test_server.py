@@ -67,7 +67,10 @@ def test_only_its_user_can_reach_it(pgdata: Path) -> None:
     socket_dir = Path(str(to_url(url).query["host"]))
     assert stat.S_IMODE(socket_dir.stat().st_mode) & 0o077 == 0
     assert socket_dir.stat().st_uid == pgdata.stat().st_uid
-    assert "@" in url and ":" not in url.split("@")[0].removeprefix("postgresql://")
+    # A second lock: the URL carries the password, kept 0600 beside the data.
+    secret = pgdata / "crab_password"
+    assert to_url(url).password == secret.read_text().strip()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
 
 
 def test_data_dir_is_per_user_and_overridable(monkeypatch: pytest.MonkeyPatch) -> None:
