@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import queue
@@ -13,19 +14,31 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from ._batching import plan_batches
 from ._gguf import file_identity, resolve_model_path
 from .errors import EmbeddingModeError, ModelError
 
-__all__ = ["POOLINGS", "LlamaRunner", "ModelInfo", "load_once", "runner_for"]
+__all__ = [
+    "POOLINGS",
+    "SPLIT_MODES",
+    "GpuOptions",
+    "LlamaRunner",
+    "ModelInfo",
+    "load_once",
+    "model_params",
+    "runner_for",
+]
 
 POOLINGS = ("none", "mean", "cls", "last", "rank")
 _POOLING_IDS = {name: i for i, name in enumerate(POOLINGS)}
 _MAX_SEQS = 64
+SPLIT_MODES = ("none", "layer", "row")  # llama_split_mode 0, 1, 2
+_ALL_LAYERS = 0x7FFFFFFF  # what llama-cpp-python passes for n_gpu_layers=-1
 
 _log = logging.getLogger("llama_index_crab.llama_cpp")
 _log_callback: Any = None
@@ -68,6 +81,70 @@ class ModelInfo:
     rerank_template: str | None
     wordpiece: bool
     path: Path | None
+
+
+class GpuOptions(BaseModel):
+    """llama.cpp's GPU offload settings, shared by the model classes. A CPU-only build of
+    llama-cpp-python accepts and ignores them."""
+
+    n_gpu_layers: int = Field(
+        default=0, ge=-1, description="Layers offloaded to the GPU: 0 none, -1 all."
+    )
+    main_gpu: int = Field(default=0, ge=0, description="The GPU for the whole model or scratch.")
+    split_mode: Literal["none", "layer", "row"] = Field(
+        default="layer", description="How several GPUs share the model."
+    )
+    tensor_split: list[float] | None = Field(
+        default=None, description="Share of the model per GPU, e.g. [3, 1]."
+    )
+
+    def gpu_options(self) -> dict[str, Any]:
+        """The settings as llama-cpp-python's ``Llama(...)`` takes them."""
+        return {
+            "n_gpu_layers": self.n_gpu_layers,
+            "main_gpu": self.main_gpu,
+            "split_mode": SPLIT_MODES.index(self.split_mode),
+            "tensor_split": self.tensor_split,
+        }
+
+
+def model_params(
+    n_gpu_layers: int = 0,
+    main_gpu: int = 0,
+    split_mode: int = 1,
+    tensor_split: Sequence[float] | None = None,
+) -> tuple[Any, Any]:
+    """``llama_model_params`` with the GPU settings, plus an object to keep alive while
+    the model loads (the tensor-split array the params point to)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    params.use_extra_bufts = not _amx_cpu()
+    params.n_gpu_layers = _ALL_LAYERS if n_gpu_layers == -1 else n_gpu_layers
+    params.main_gpu = main_gpu
+    params.split_mode = split_mode
+    keep: Any = None
+    if tensor_split:
+        if len(tensor_split) > llama_cpp.LLAMA_MAX_DEVICES:
+            raise ValueError(
+                f"tensor_split has {len(tensor_split)} entries; this llama.cpp build "
+                f"supports at most {llama_cpp.LLAMA_MAX_DEVICES} devices"
+            )
+        keep = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)(*tensor_split)
+        params.tensor_split = keep
+    return params, keep
+
+
+@functools.cache
+def _amx_cpu() -> bool:
+    """Whether the CPU reports Intel AMX. llama.cpp's AMX weight buffers then die with
+    SIGILL on virtual machines that report AMX without enabling it, so on such CPUs the
+    extra (repacked) weight buffers are turned off; other CPUs keep them."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return any(line.startswith("flags") and " amx_tile" in line for line in info)
+    except OSError:
+        return False
 
 
 class _Context:
@@ -130,6 +207,7 @@ class LlamaRunner:
         n_threads: int | None = None,
         n_contexts: int = 1,
         flash_attn: bool = True,
+        gpu: dict[str, Any] | None = None,
     ) -> None:
         import llama_cpp
 
@@ -140,7 +218,7 @@ class LlamaRunner:
         self._closed = False
         if self._own:
             path = resolve_model_path(model)
-            mparams = llama_cpp.llama_model_default_params()
+            mparams, _keep = model_params(**(gpu or {}))  # _keep: alive while loading
             self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), mparams)
             if not self._model:
                 raise ModelError(
@@ -356,7 +434,14 @@ def load_once(owner: Any, build: Callable[[], LlamaRunner]) -> LlamaRunner:
 
 
 def runner_for(owner: Any, pooling: str | None, n_contexts: int | None = None) -> LlamaRunner:
-    """A runner from a model class's fields (``_llm`` or ``model_path``, batching, threads)."""
+    """A runner from a model class's fields (``_llm`` or ``model_path``, batching, threads,
+    GPU offload)."""
+    gpu = owner.gpu_options()
+    if owner._llm is not None and gpu != GpuOptions().gpu_options():
+        raise ValueError(
+            "GPU options apply when the model is loaded from a path; create the "
+            "llama_cpp.Llama with n_gpu_layers=... (and main_gpu, split_mode) instead"
+        )
     return LlamaRunner(
         owner._llm if owner._llm is not None else owner.model_path,
         pooling=pooling,
@@ -365,6 +450,7 @@ def runner_for(owner: Any, pooling: str | None, n_contexts: int | None = None) -
         n_threads=owner.n_threads,
         n_contexts=n_contexts or owner.n_contexts,
         flash_attn=owner.flash_attn,
+        gpu=gpu,
     )
 
 
