@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from .errors import DatabaseUnavailableError, SchemaError
+from .errors import DatabaseUnavailableError, SchemaError, StoreError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 DRIVER = "postgresql+psycopg"
+# A URL up to the next blank or quote; its userinfo is everything before the *last* "@" of
+# the authority, since a password may hold an unencoded "@" (or ":" or "/").
+_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
+_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?pass(?:word|wd)?|secret|token)=([^&\s'\"]*)")
 
 
 def to_url(url: str | sa.URL) -> sa.URL:
     """Parse ``url`` and select the psycopg 3 driver; other drivers are refused."""
     try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ValueError(f"not a database URL: {mask_url(url)!r}") from exc
+        parsed = sa.make_url(_quote_userinfo(url) if isinstance(url, str) else url)
+    except sa.exc.ArgumentError:  # its message holds the URL, password and all
+        raise ValueError(f"not a database URL: {mask_url(url)!r}") from None
     if parsed.drivername in ("postgresql", "postgres", DRIVER):
         return parsed.set(drivername=DRIVER)
     raise ValueError(
@@ -30,12 +36,39 @@ def to_url(url: str | sa.URL) -> sa.URL:
     )
 
 
+def _quote_userinfo(url: str) -> str:
+    """``url`` with a user name or password that holds an unencoded ``@`` percent-encoded,
+    so the host is what follows the last ``@`` (as a person reading it would expect)."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, _, host = rest.rpartition("@")
+    if not sep or "@" not in userinfo or "/" in userinfo or "?" in userinfo:
+        return url
+    user, colon, password = userinfo.partition(":")
+    quoted = quote(user, safe="") + (colon + quote(password, safe="") if colon else "")
+    return f"{scheme}://{quoted}@{host}"
+
+
 def mask_url(url: str | sa.URL) -> str:
-    """``url`` with its password replaced by ``***``, safe for logs and error messages."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return "<unparseable URL>"
+    """``url`` with its secrets replaced by ``***`` (the password of the userinfo, even one
+    with an unencoded ``@``, and ``password=`` query parameters), safe to print."""
+    text = url.render_as_string(hide_password=False) if isinstance(url, sa.URL) else str(url)
+    return mask_secrets(text)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with the secrets of every URL in it, and of ``password=`` settings (as in
+    a libpq connection string), replaced by ``***``."""
+    return _SECRET_PARAM.sub(r"\1=***", _URL.sub(_mask_one, text))
+
+
+def _mask_one(match: re.Match[str]) -> str:
+    url = match.group(0)
+    scheme, _, rest = url.partition("://")
+    at = rest.rfind("@")  # over-masks when a query value holds "@": safe, and rare
+    if at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1 :]}"
 
 
 def engine_from(url_or_engine: str | sa.URL | sa.Engine) -> tuple[sa.Engine, bool]:
@@ -91,8 +124,13 @@ def translated(exc: sa.exc.DBAPIError | Exception, url: sa.URL) -> Exception:
         )
     if sqlstate == "42P01" and "crab_" in str(orig):
         return SchemaError(
-            f"database {mask_url(url)} is not migrated ({_first_line(orig)}); "
-            "run `python -m llama_index_crab.migrate upgrade`"
+            f"database {mask_url(url)} is not migrated ({_first_line(orig)}); run `crab migrate`"
+        )
+    if sqlstate == "42501":  # insufficient privilege
+        return StoreError(
+            f"the role {url.username or 'in use'!r} lacks a privilege on {mask_url(url)}: "
+            f"{_first_line(orig)}; connect as the database owner, or grant the privilege "
+            f"(for `crab migrate`: GRANT CREATE ON SCHEMA public TO {url.username or 'the role'})"
         )
     return exc
 

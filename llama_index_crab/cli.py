@@ -16,34 +16,83 @@ _EXPECTED = (FileNotFoundError, ValueError, TypeError, PermissionError)
 
 
 class _Group(click.Group):
-    """Turns expected errors into one line and exit code 1; ``--debug`` shows the traceback."""
+    """Turns every error into one line (exit code 1, 2 for a bad argument); ``--debug``
+    shows the traceback instead, with secrets masked there too."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from .errors import CrabError
-
         try:
             return super().invoke(ctx)
-        except (CrabError, *_EXPECTED) as exc:
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.UsageError as exc:
             if ctx.meta.get("crab.debug"):
                 raise
-            click.secho(f"error: {_safe(str(exc))}", fg="red", err=True)
-            ctx.exit(1)
+            path = (exc.ctx or ctx).command_path.split()[1:]
+            _fail(f"{exc.format_message()} (see `{' '.join(['crab', *path])} --help`)")
+            ctx.exit(exc.exit_code)
+        except click.ClickException:
+            raise
         except KeyboardInterrupt:
             click.echo(
                 "interrupted; finished documents are kept, run the command again to resume",
                 err=True,
             )
             ctx.exit(130)
+        except Exception as exc:
+            if ctx.meta.get("crab.debug"):
+                sys.excepthook = _masked_excepthook
+                raise
+            _fail(_one_line(exc))
+            ctx.exit(1)
+
+
+def _one_line(exc: Exception) -> str:
+    """The message of ``exc`` on one line; an error we did not expect says so."""
+    import sqlalchemy as sa
+
+    from .errors import CrabError
+
+    if isinstance(exc, sa.exc.DBAPIError):  # its message goes on with the SQL and parameters
+        lines = str(exc.orig).strip().splitlines()
+        return f"the database refused: {lines[0] if lines else type(exc.orig).__name__}"
+    message = " ".join(str(exc).split())
+    if len(message) > 500:
+        message = message[:500] + "..."
+    if isinstance(exc, (CrabError, *_EXPECTED)):
+        return message
+    return f"unexpected {type(exc).__name__}: {message}; run with --debug for the traceback"
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {_safe(message)}", fg="red", err=True)
+
+
+def _masked_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    import traceback
+
+    sys.stderr.write(_safe("".join(traceback.format_exception(kind, value, tb))))
 
 
 def _safe(message: str) -> str:
-    """Hide any password that a database URL in a message might carry."""
-    import re
+    """Hide the secrets of every database URL (and ``password=`` setting) in a message."""
+    from ._db import mask_secrets
 
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", message)
+    return mask_secrets(message)
+
+
+def _gpu_option(f: F) -> F:
+    return click.option(
+        "--n-gpu-layers",
+        envvar="CRAB_N_GPU_LAYERS",
+        type=click.IntRange(min=-1),
+        default=0,
+        show_default=True,
+        help="Model layers offloaded to the GPU (-1: all); a CPU build ignores it.",
+    )(f)
 
 
 def _options(f: F) -> F:
+    f = _gpu_option(f)
     for option in reversed(
         [
             click.option(
@@ -76,7 +125,11 @@ def _pipeline(opts: dict[str, Any], *, create: bool, rerank: bool = True) -> Any
         collection=opts["collection"],
         create_collection=create,
         rerank=rerank,
-        **{k: opts[k] for k in ("similarity_top_k", "top_n") if opts.get(k) is not None},
+        **{
+            k: opts[k]
+            for k in ("similarity_top_k", "top_n", "read_urls", "n_gpu_layers")
+            if opts.get(k) is not None
+        },
     )
 
 
@@ -93,45 +146,142 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--chunk-size", type=int, help="Tokens per chunk; default fits the model.")
+@click.option(
+    "--chunk-size", type=click.IntRange(min=1), help="Tokens per chunk; default fits the model."
+)
 @click.option(
     "--batch-chunks",
-    type=int,
+    type=click.IntRange(min=1),
     default=512,
     show_default=True,
     help="Chunks per embed + write transaction.",
 )
+@click.option(
+    "--prune/--no-prune",
+    default=True,
+    show_default=True,
+    help="Mirror the folders: remove documents whose files are gone from them.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help="Run on a Ray cluster (default: RAY_ADDRESS, a local `ray start`, else a new one).",
+)
+@click.option("--ray-workers", type=int, help="Embedding actors; default: all the cluster's CPUs.")
+@click.option("--ray-cpus-per-worker", type=int, default=1, show_default=True)
+@click.option(
+    "--ray-writers", type=int, default=1, show_default=True, help="Database connections."
+)
 @_options
-def ingest(paths: tuple[str, ...], chunk_size: int | None, batch_chunks: int, **opts: Any) -> None:
-    """Ingest files and folders (.txt .md .html .pdf); unchanged files are skipped."""
+def ingest(
+    paths: tuple[str, ...],
+    chunk_size: int | None,
+    batch_chunks: int,
+    ray_address: str | None,
+    ray_workers: int | None,
+    ray_cpus_per_worker: int,
+    ray_writers: int,
+    prune: bool,
+    **opts: Any,
+) -> None:
+    """Ingest files and folders (.txt .md .html .pdf); unchanged files are skipped, and
+    documents of files gone from the folders removed (--no-prune keeps them).
+
+    A file that cannot be read is reported and the rest ingested (exit code 1).
+    With --ray, put it after the paths (or give it an address): `crab ingest docs/ --ray`.
+    """
+    from ._files import find_files
+    from .collections import collection_exists
+
+    found = find_files(paths)
+    pipe = _pipeline(opts, create=False, rerank=False)
+    created = not collection_exists(pipe.store.client, pipe.store.collection_name)
+    if created:  # checks the schema first: an old one is refused before anything changes
+        pipe.store.create_collection(exist_ok=True)
+    kwargs: dict[str, Any] = {"chunk_size": chunk_size}
+    if ray_address is not None:
+        kwargs |= {
+            "executor": "ray",
+            "address": ray_address or None,
+            "workers": ray_workers,
+            "cpus_per_worker": ray_cpus_per_worker,
+            "writers": ray_writers,
+        }
+    try:
+        report = _ingest_with_progress(pipe, found, prune, batch_chunks, kwargs)
+        failed = [p for p in report.problems if p.error]
+        if failed and created and not report.added:
+            _drop_if_empty(pipe.store)
+    except BaseException:
+        if created:
+            _drop_if_empty(pipe.store)
+        raise
+    finally:
+        pipe.close()
+    for problem in report.problems:
+        click.echo(f"{'error' if problem.error else 'warning'}: {problem}", err=True)
+    seconds = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    counts = [
+        (report.empty, "empty skipped"),
+        (report.removed, "removed"),
+        (len(report.problems) - len(failed), "skipped"),
+        (len(failed), "failed"),
+    ]
+    click.echo(
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged"
+        + "".join(f", {n} {what}" for n, what in counts if n)
+        + f"; {report.chunks} chunks into {opts['collection']!r} ({seconds})"
+    )
+    if failed:
+        _fail(f"{len(failed)} files could not be ingested (listed above); fix them and run again")
+        sys.exit(1)
+
+
+def _ingest_with_progress(
+    pipe: Any, found: Any, prune: bool, batch_chunks: int, kwargs: dict[str, Any]
+) -> Any:
     from tqdm import tqdm
 
-    from .ingest import list_files
-
-    files = list_files(paths)
-    pipe = _pipeline(opts, create=True, rerank=False)
     started = time.perf_counter()
-    with tqdm(total=len(files), unit="doc", desc="ingest", file=sys.stderr) as bar:
+    with tqdm(total=len(found.files), unit="doc", desc="ingest", file=sys.stderr) as bar:
         chunks = 0
 
         def progress(docs: int, new_chunks: int) -> None:
             nonlocal chunks
             chunks += new_chunks
             bar.update(docs)
-            bar.set_postfix_str(f"{chunks / (time.perf_counter() - started):.0f} chunks/s")
+            rate = chunks / (time.perf_counter() - started)
+            bar.set_postfix_str(f"{chunks} chunks, {rate:.0f} chunks/s")
 
-        report = pipe.ingest(
-            files, progress=progress, chunk_size=chunk_size, batch_chunks=batch_chunks
-        )
-        bar.update(len(files) - bar.n)
-    seconds = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
-    click.echo(
-        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged"
-        + (f", {report.empty} empty skipped" if report.empty else "")
-        + "; "
-        f"{report.chunks} chunks into {opts['collection']!r} ({seconds})"
-    )
-    pipe.close()
+        if "executor" not in kwargs:
+            report = pipe.ingest(
+                found, progress=progress, batch_chunks=batch_chunks, prune=prune, **kwargs
+            )
+        else:
+            from .ingest import prune_documents
+
+            report = pipe.ingest(found.files, progress=progress, **kwargs)
+            report.problems[:0] = found.problems
+            if prune:
+                report.removed = prune_documents(pipe.store, found)
+        bar.update(len(found.files) - bar.n)
+    return report
+
+
+def _drop_if_empty(store: Any) -> None:
+    """Drop the collection this run created if it is still empty, so a failed first ingest
+    leaves nothing behind (no collection bound to a model that failed)."""
+    from .collections import drop_collection, list_collections
+
+    try:
+        found = [c for c in list_collections(store.client) if c.name == store.collection_name]
+        if found and found[0].count == 0:
+            drop_collection(store.client, store.collection_name)
+    except Exception:  # the error that got us here matters more
+        pass
 
 
 def _filters(pairs: tuple[str, ...]) -> Any:
@@ -149,43 +299,74 @@ def _filters(pairs: tuple[str, ...]) -> Any:
 
 
 def _search_options(f: F) -> F:
+    from .pipeline import DEFAULT_MODE, SEARCH_MODES
+
     f = click.option(
         "--top-k",
-        "similarity_top_k",
-        type=click.IntRange(min=1),
-        default=100,
-        show_default=True,
-        help="Candidates from the vector search.",
+        type=click.IntRange(min=1, max=10_000),
+        help="Candidates the reranker scores (default 100); without reranking, results shown.",
     )(f)
     f = click.option(
         "--top-n",
-        type=click.IntRange(min=1),
-        default=5,
-        show_default=True,
-        help="Kept after reranking.",
+        type=click.IntRange(min=1, max=10_000),
+        help="Results shown (default 5).",
     )(f)
+    f = click.option(
+        "--mode",
+        type=click.Choice(SEARCH_MODES),
+        default=DEFAULT_MODE,
+        show_default=True,
+        help="dense (vectors), text (full-text) or hybrid (both, fused by rank).",
+    )(f)
+    f = click.option("--no-rerank", is_flag=True, help="Skip the reranker, if one is set.")(f)
     f = click.option("--filter", "filters", multiple=True, help="Metadata key=value (repeatable).")(
         f
     )
+    f = click.option(
+        "--read-url",
+        "read_urls",
+        multiple=True,
+        envvar="CRAB_READ_URLS",
+        help="Read replica URL for the search (repeatable; CRAB_READ_URLS: space-separated).",
+    )(f)
     return _options(f)
+
+
+def _search(pipe: Any, text: str, opts: dict[str, Any], filters: tuple[str, ...]) -> Any:
+    return pipe.search(
+        text,
+        top_k=opts["top_k"],
+        top_n=opts["top_n"],
+        filters=_filters(filters),
+        rerank=not opts["no_rerank"],
+        mode=opts["mode"],
+    )
+
+
+def _stages(result: Any, pipe: Any) -> str:
+    if result.reranked or pipe.reranker is not None:
+        return result.stages
+    return result.stages + " (no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
 
 
 @main.command()
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--no-rerank", is_flag=True, help="Skip the cross-encoder.")
 @_search_options
-def query(text: str, as_json: bool, no_rerank: bool, filters: tuple[str, ...], **opts: Any) -> None:
-    """Retrieve --top-k passages by vector and rerank them to --top-n."""
-    pipe = _pipeline(opts, create=False, rerank=not no_rerank)
-    result = pipe.search(text, filters=_filters(filters), rerank=not no_rerank)
+def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> None:
+    """Find the passages that answer TEXT (reranked when a reranker is set)."""
+    from .pipeline import source_name
+
+    pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
+    result = _search(pipe, text, opts, filters)
+    stages = _stages(result, pipe)
     pipe.close()
     rows = [
         {
             "rank": i,
             "score": round(float(h.score or 0.0), 4),
             "retrieval_score": h.node.metadata.get("retrieval_score"),
-            "source": h.node.metadata.get("file_name") or h.node.ref_doc_id,
+            "source": source_name(h),
             "node_id": h.node.node_id,
             "text": h.node.get_content(),
         }
@@ -193,47 +374,76 @@ def query(text: str, as_json: bool, no_rerank: bool, filters: tuple[str, ...], *
     ]
     timings = {k: round(v * 1000, 1) for k, v in result.timings.items()}
     if as_json:
-        click.echo(json.dumps({"query": text, "results": rows, "timings_ms": timings}, indent=2))
+        out = {"query": text, "stages": stages, "results": rows, "timings_ms": timings}
+        click.echo(json.dumps(out, indent=2))
         return
     for row in rows:
         snippet = " ".join(str(row["text"]).split())[:160]
         click.echo(f"{row['rank']:>2}. {row['score']:.4f}  {row['source']}\n    {snippet}")
-    click.echo("timings: " + ", ".join(f"{k} {v} ms" for k, v in timings.items()))
+    click.echo(f"{stages}; " + ", ".join(f"{k} {v} ms" for k, v in timings.items()))
 
 
 @main.command()
 @click.argument("question")
 @click.option(
-    "--chat-model", envvar="CRAB_CHAT_MODEL", help="GGUF chat model; default SmolLM2-135M."
+    "--chat-model",
+    envvar="CRAB_CHAT_MODEL",
+    help="GGUF chat model to write the answer; default: quote the sources' best sentences.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_search_options
-def ask(question: str, chat_model: str | None, filters: tuple[str, ...], **opts: Any) -> None:
-    """Answer from the collection: retrieve, rerank, then a local chat model answers."""
-    from .chat import LlamaCppChat
+def ask(
+    question: str, chat_model: str | None, as_json: bool, filters: tuple[str, ...], **opts: Any
+) -> None:
+    """Answer QUESTION from the collection, every sentence citing its source [n]."""
+    from .pipeline import source_name
 
-    pipe = _pipeline(opts, create=False)
-    pipe._llm = LlamaCppChat(chat_model, max_tokens=160)
-    found, answer = pipe.ask(question, filters=_filters(filters))
+    pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
+    if chat_model:
+        from .chat import LlamaCppChat
+
+        pipe._llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=opts["n_gpu_layers"])
+    found, answer = pipe.ask(
+        question,
+        top_k=opts["top_k"],
+        top_n=opts["top_n"],
+        filters=_filters(filters),
+        rerank=not opts["no_rerank"],
+        mode=opts["mode"],
+    )
+    sources = [
+        (i, source_name(hit), float(hit.score or 0.0), " ".join(hit.node.get_content().split()))
+        for i, hit in enumerate(found.hits, 1)
+    ]
+    if as_json:
+        text = "".join(answer)
+        rows = [{"n": i, "source": s, "score": round(v, 4), "text": t} for i, s, v, t in sources]
+        out = {"question": question, "answer": text, "sources": rows, "stages": found.stages}
+        click.echo(json.dumps(out, indent=2))
+        pipe.close()
+        return
     click.echo("answer: ", nl=False)
     for piece in answer:
         click.echo(piece, nl=False)
     click.echo("\nsources:")
-    for i, hit in enumerate(found.hits, 1):
-        name = hit.node.metadata.get("file_name") or hit.node.ref_doc_id
-        snippet = " ".join(hit.node.get_content().split())[:90]
-        click.echo(f"  [{i}] {hit.score:.3f} {name}: {snippet}")
+    for i, name, score, text in sources:
+        click.echo(f"  [{i}] {score:.3f} {name}: {text[:90]}")
+    click.echo(_stages(found, pipe) + ("; answer written by " + chat_model if chat_model else
+                                       "; answer quoted from the sources"))
     pipe.close()
 
 
 @main.command()
 @click.argument("text")
 @click.option("--embed-model", envvar="CRAB_EMBED_MODEL")
-def embed(text: str, embed_model: str | None) -> None:
+@_gpu_option
+def embed(text: str, embed_model: str | None, n_gpu_layers: int) -> None:
     """Print the embedding of TEXT as JSON."""
     from .embedding import LlamaCppEmbedding
     from .pipeline import default_embed_model
 
-    with LlamaCppEmbedding(embed_model or default_embed_model()) as model:
+    path = embed_model or default_embed_model()
+    with LlamaCppEmbedding(path, n_gpu_layers=n_gpu_layers) as model:
         click.echo(json.dumps(model.get_text_embedding(text)))
 
 
@@ -241,12 +451,15 @@ def embed(text: str, embed_model: str | None) -> None:
 @click.argument("query_text", metavar="QUERY")
 @click.argument("documents", nargs=-1, required=True)
 @click.option("--rerank-model", envvar="CRAB_RERANK_MODEL")
-def rerank(query_text: str, documents: tuple[str, ...], rerank_model: str | None) -> None:
+@_gpu_option
+def rerank(
+    query_text: str, documents: tuple[str, ...], rerank_model: str | None, n_gpu_layers: int
+) -> None:
     """Score DOCUMENTS against QUERY with the cross-encoder, best first."""
-    from .pipeline import default_rerank_model
+    from .pipeline import require_rerank_model
     from .rerank import LlamaCppRerank
 
-    model = LlamaCppRerank(rerank_model or default_rerank_model())
+    model = LlamaCppRerank(require_rerank_model(rerank_model), n_gpu_layers=n_gpu_layers)
     for index, score in model.rerank(query_text, list(documents)):
         click.echo(f"{score:.4f}  [{index}] {documents[index]}")
     model.close()
@@ -265,19 +478,44 @@ def migrate(database_url: str | None, revision: str) -> None:
     click.echo(f"database at revision {migrations.current(url)}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--database-url", envvar="CRAB_DATABASE_URL")
-def collections(database_url: str | None) -> None:
-    """List collections with their model, dimension and node count."""
+@click.pass_context
+def collections(ctx: click.Context, database_url: str | None) -> None:
+    """List collections with their model, dimension and node count; `drop NAME` deletes one."""
     from .collections import list_collections
     from .pipeline import resolve_database_url
 
+    ctx.meta["crab.database_url"] = database_url
+    if ctx.invoked_subcommand is not None:
+        return
     rows = list_collections(resolve_database_url(database_url))
     if not rows:
         click.echo("no collections yet; create one with: crab ingest PATH")
     for c in rows:
         state = "indexed" if c.indexed else "no index"
         click.echo(f"{c.name}\t{c.model}\t{c.dimension}-dim\t{c.count} nodes\t{state}")
+
+
+@collections.command()
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--database-url", envvar="CRAB_DATABASE_URL")
+@click.pass_context
+def drop(ctx: click.Context, name: str, yes: bool, database_url: str | None) -> None:
+    """Delete collection NAME with all its nodes and its index."""
+    from .collections import drop_collection, list_collections
+    from .errors import CollectionNotFoundError
+    from .pipeline import resolve_database_url
+
+    url = resolve_database_url(database_url or ctx.meta.get("crab.database_url"))
+    found = [c for c in list_collections(url) if c.name == name]
+    if not found:
+        raise CollectionNotFoundError(f"no collection named {name!r}; see `crab collections`")
+    if not yes:
+        click.confirm(f"drop collection {name!r} and its {found[0].count} nodes?", abort=True)
+    drop_collection(url, name)
+    click.echo(f"dropped collection {name!r} ({found[0].count} nodes)")
 
 
 @main.command(name="eval")

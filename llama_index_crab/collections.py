@@ -25,6 +25,7 @@ __all__ = [
     "CollectionInfo",
     "EmbeddingIdentity",
     "build_index",
+    "collection_exists",
     "create_collection",
     "drop_collection",
     "drop_index",
@@ -34,6 +35,8 @@ __all__ = [
 
 POOLINGS = ("mean", "cls", "last")
 PRECISIONS = ("vector", "halfvec")
+# PostgreSQL's btree index on the name holds entries up to ~2700 bytes.
+MAX_NAME_BYTES = 2000
 Bind = str | sa.URL | sa.Engine
 
 
@@ -57,6 +60,14 @@ class EmbeddingIdentity:
 
     def describe(self) -> str:
         return f"model {self.model!r} ({self.dimension}-dim, {self.pooling} pooling)"
+
+    @property
+    def model_key(self) -> str:
+        """What identifies the model: the content hash of ``name@hash`` (as
+        ``LlamaCppEmbedding.identity()`` makes it), so a renamed copy of the same file
+        is the same model; any other model string as it is."""
+        name, at, digest = self.model.rpartition("@")
+        return digest if at and name and digest else self.model
 
 
 @dataclass(frozen=True)
@@ -88,8 +99,10 @@ class Collection:
         differ = [
             f.name
             for f in fields(identity)
-            if getattr(identity, f.name) != getattr(self.identity, f.name)
+            if f.name != "model" and getattr(identity, f.name) != getattr(self.identity, f.name)
         ]
+        if identity.model_key != self.identity.model_key:
+            differ.insert(0, "model")
         if differ:
             raise CollectionMismatchError(
                 f"collection {self.name!r} holds vectors of {self.identity.describe()} but "
@@ -128,6 +141,12 @@ def _check_name(name: object) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"collection name must be a non-empty string, got {name!r}")
     check_storable(name, f"collection name {name!r}")
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise ValueError(
+            f"collection name {name[:40]!r}... is {size} bytes long; "
+            f"use a name of at most {MAX_NAME_BYTES} bytes"
+        )
 
 
 def get_collection(connection: sa.Connection, name: str) -> Collection:
@@ -135,7 +154,8 @@ def get_collection(connection: sa.Connection, name: str) -> Collection:
     row = connection.execute(sa.select(collections).where(collections.c.name == name)).first()
     if row is None:
         raise CollectionNotFoundError(
-            f"no collection named {name!r}; create it with create_collection() first"
+            f"no collection named {name!r}; see `crab collections`, or create it by "
+            f"ingesting into it: `crab ingest PATH --collection {name!r}`"
         )
     return _row_to_collection(row)
 
@@ -164,7 +184,10 @@ def create_collection(
             f"need 2 <= m <= 100 and 2*m <= ef_construction <= 1000, got m={m!r}, "
             f"ef_construction={ef_construction!r}"
         )
+    from .migrate import check  # not at import: `python -m ...migrate` must load it first
+
     with transaction(bind) as connection:
+        check(connection)  # on an old schema, change nothing and say to run `crab migrate`
         # Concurrent creators of one name wait here, then find the first one's collection.
         lock = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))")
         connection.execute(lock, {"name": f"crab_collections:{name}"})
@@ -217,6 +240,14 @@ def _create_index(connection: sa.Connection, collection: Collection, work_mem: s
             f"WHERE collection_id = {int(collection.id)}"
         )
     )
+
+
+def collection_exists(bind: Bind, name: str) -> bool:
+    """Whether a collection named ``name`` exists."""
+    _check_name(name)
+    with transaction(bind) as connection:
+        query = sa.select(collections.c.id).where(collections.c.name == name)
+        return connection.execute(query).first() is not None
 
 
 def build_index(bind: Bind, name: str, *, maintenance_work_mem: str = "1GB") -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from .schema import nodes
 if TYPE_CHECKING:
     from .store import PostgresVectorStore
 
-__all__ = ["document_hashes", "replace_documents"]
+__all__ = ["delete_documents", "document_hashes", "replace_document_batches", "replace_documents"]
 
 
 def document_hashes(store: PostgresVectorStore) -> dict[str, str]:
@@ -40,18 +40,42 @@ def replace_documents(
         return
     batch = [node for chunk in documents.values() for node in chunk]
     with store._begin() as (connection, collection):
-        # Lock the documents' rows first so concurrent ingests of one file serialise here.
-        connection.execute(
-            sa.text(
-                "SELECT pg_advisory_xact_lock(hashtextextended(ref, :cid)) "
-                "FROM unnest(CAST(:refs AS text[])) AS ref ORDER BY ref"
-            ).bindparams(cid=collection.id, refs=sorted(documents))
-        )
-        connection.execute(
-            nodes.delete().where(
-                nodes.c.collection_id == collection.id,
-                nodes.c.ref_doc_id.in_(list(documents)),
-            )
-        )
+        _clear(connection, collection.id, list(documents))
         if batch:
             store._write(connection, collection, batch)
+
+
+def replace_document_batches(
+    store: PostgresVectorStore, ref_doc_id: str, batches: Iterable[Sequence[BaseNode]]
+) -> None:
+    """Make one document's nodes exactly those of ``batches``, in one transaction.
+
+    For a large document: each batch is written as soon as ``batches`` yields it (it may
+    embed lazily), so only one batch has to be in memory, and still a reader or a crash
+    sees the old document or the whole new one.
+    """
+    with store._begin() as (connection, collection):
+        _clear(connection, collection.id, [ref_doc_id])
+        for batch in batches:
+            if batch:
+                store._write(connection, collection, batch)
+
+
+def delete_documents(store: PostgresVectorStore, ref_doc_ids: Sequence[str]) -> None:
+    """Delete every node of these documents, in one transaction."""
+    if ref_doc_ids:
+        with store._begin() as (connection, collection):
+            _clear(connection, collection.id, list(ref_doc_ids))
+
+
+def _clear(connection: sa.Connection, collection_id: int, refs: list[str]) -> None:
+    # Lock the documents' rows first so concurrent ingests of one file serialise here.
+    connection.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(hashtextextended(ref, :cid)) "
+            "FROM unnest(CAST(:refs AS text[])) AS ref ORDER BY ref"
+        ).bindparams(cid=collection_id, refs=sorted(refs))
+    )
+    connection.execute(
+        nodes.delete().where(nodes.c.collection_id == collection_id, nodes.c.ref_doc_id.in_(refs))
+    )

@@ -9,6 +9,7 @@ and running it again finishes the job.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,17 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llama_index.core.schema import (
-    Document,
     MetadataMode,
-    NodeRelationship,
-    RelatedNodeInfo,
     TextNode,
 )
 
-from .documents import document_hashes, replace_documents
+from ._chunking import CHUNK_OVERLAP, CHUNK_SIZE, Chunker, relative_path
+from ._files import SUPPORTED_SUFFIXES, FileDoc, FileSet, Problem, find_files, read_documents
+from .documents import (
+    delete_documents,
+    document_hashes,
+    replace_document_batches,
+    replace_documents,
+)
 
 if TYPE_CHECKING:
-    from llama_index.core.node_parser import SentenceSplitter
 
     from .embedding import LlamaCppEmbedding
     from .store import PostgresVectorStore
@@ -38,12 +42,13 @@ __all__ = [
     "ingest_paths",
     "list_files",
     "prepare_documents",
+    "prune_documents",
     "read_documents",
     "record_written",
     "splitter_for",
+    "stale_documents",
 ]
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf")
 Progress = Callable[[int, int], None]
 
 
@@ -55,72 +60,66 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     empty: int = 0
+    removed: int = 0
     chunks: int = 0
+    problems: list[Problem] = field(default_factory=list)  # files not ingested, and why
     seconds: dict[str, float] = field(
         default_factory=lambda: dict.fromkeys(("read", "embed", "write"), 0.0)
     )
 
 
-@dataclass
-class _Doc:
-    ref_doc_id: str
-    text_hash: str
-    parts: list[Document]
+_Doc = FileDoc
 
 
 def list_files(paths: Iterable[str | Path]) -> list[Path]:
-    """The files to ingest: given files as they are, folders searched for supported suffixes."""
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"{str(raw)!r} does not exist; pass files or folders to ingest")
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in SUPPORTED_SUFFIXES)
-        else:
-            files.append(path)
-    return files
-
-
-def read_documents(files: Iterable[Path]) -> Iterator[_Doc]:
-    """One entry per file, with LlamaIndex's readers (.pdf and .html need the readers extra)."""
-    from llama_index.core import SimpleDirectoryReader
-
-    for path in files:
-        reader = SimpleDirectoryReader(input_files=[str(path)], filename_as_id=True)
-        parts = reader.load_data()
-        digest = hashlib.sha256()
-        for part in parts:
-            if "\x00" in part.text:  # e.g. UTF-16 or binary; PostgreSQL text cannot hold NUL
-                part.set_content(part.text.replace("\x00", ""))
-            digest.update(part.text.encode("utf-8", "replace"))
-        yield _Doc(str(path.resolve()), digest.hexdigest(), parts)
+    """The files to ingest (each once): given files as they are, folders searched for
+    supported suffixes. Paths that cannot be listed are left out; :func:`ingest_paths`
+    reports them (see :func:`._files.find_files`)."""
+    return find_files(paths).files
 
 
 def ingest_paths(
-    paths: Iterable[str | Path],
+    paths: Iterable[str | Path] | FileSet,
     embed_model: LlamaCppEmbedding,
     store: PostgresVectorStore,
     *,
     chunk_size: int | None = None,
-    chunk_overlap: int = 32,
+    chunk_overlap: int | None = None,
     batch_chunks: int = 512,
     progress: Progress | None = None,
+    whole: bool = True,
+    title: bool = True,
+    prune: bool = True,
 ) -> IngestReport:
-    """Ingest files and folders into ``store``; unchanged files are skipped."""
-    report = IngestReport()
-    splitter = splitter_for(embed_model, chunk_size, chunk_overlap)
+    """Ingest files and folders into ``store``; unchanged files are skipped.
+
+    A file that cannot be read is reported in ``report.problems`` and the others are
+    ingested. With ``prune`` (the default) a folder is mirrored: documents stored from
+    files under it that no longer exist (deleted, renamed, or no longer a supported
+    file) are removed. A document of more than ``batch_chunks`` chunks is embedded and
+    written batch by batch, still in one transaction.
+    """
+    if batch_chunks < 1:
+        raise ValueError(f"batch_chunks must be ≥ 1, got {batch_chunks!r}")
+    found = paths if isinstance(paths, FileSet) else find_files(paths)
+    report = IngestReport(problems=list(found.problems))
+    splitter = splitter_for(embed_model, chunk_size, chunk_overlap, whole=whole, title=title)
     known = document_hashes(store)
     pending: list[tuple[_Doc, list[TextNode]]] = []
     start = time.perf_counter()
-    for status, doc, nodes in prepare_documents(list_files(paths), splitter, known):
-        if status == "unchanged":
-            report.unchanged += 1
-            continue
-        if status == "empty":
-            report.empty += 1  # nothing to store, nothing stored before: not "added"
+    docs = prepare_documents(found.files, splitter, known, found.folders, report.problems)
+    for status, doc, nodes in docs:
+        if status != "changed":
+            report.unchanged += status == "unchanged"
+            report.empty += status == "empty"  # nothing to store, nothing stored before
             if progress is not None:
                 progress(1, 0)
+            continue
+        if len(nodes) > batch_chunks:
+            report.seconds["read"] += time.perf_counter() - start
+            _flush(pending, embed_model, store, known, report, progress)
+            _write_in_batches(doc, nodes, embed_model, store, known, report, progress, batch_chunks)
+            start = time.perf_counter()
             continue
         pending.append((doc, nodes))
         if sum(len(n) for _, n in pending) >= batch_chunks:
@@ -129,35 +128,88 @@ def ingest_paths(
             start = time.perf_counter()
     report.seconds["read"] += time.perf_counter() - start
     _flush(pending, embed_model, store, known, report, progress)
+    if prune:
+        report.removed = prune_documents(store, found, known)
     return report
 
 
-def splitter_for(
-    embed_model: LlamaCppEmbedding, chunk_size: int | None = None, chunk_overlap: int = 32
-) -> SentenceSplitter:
-    """The splitter ingest uses: chunks measured in the model's own tokens, fitting its context."""
-    from llama_index.core.node_parser import SentenceSplitter
+def prune_documents(
+    store: PostgresVectorStore, found: FileSet, known: Iterable[str] | None = None
+) -> int:
+    """Delete the stored documents of files gone from the folders searched in ``found``
+    (``known``: the stored document ids, read from the store when not given)."""
+    gone = stale_documents(found, document_hashes(store) if known is None else known)
+    delete_documents(store, gone)
+    return len(gone)
 
-    runner = embed_model.runner
-    size = chunk_size or min(256, runner.max_length - len(runner.info.head) - len(runner.info.tail))
-    return SentenceSplitter(
-        chunk_size=size,
-        chunk_overlap=min(chunk_overlap, size // 4),
-        tokenizer=lambda text: runner.tokenize(text),
+
+def stale_documents(found: FileSet, known: Iterable[str]) -> list[str]:
+    """Stored documents from files under the searched folders that were not found there
+    (folders that could not be listed are left alone)."""
+    folders = [os.path.join(f, "") for f in map(str, found.folders)]
+    unlisted = [os.path.join(u, "") for u in found.unlisted]
+    return sorted(
+        ref
+        for ref in known
+        if ref not in found.seen
+        and ref.startswith(tuple(folders))
+        and not ref.startswith(tuple(unlisted))
     )
 
 
+def splitter_for(
+    embed_model: LlamaCppEmbedding,
+    chunk_size: int | None = None,
+    chunk_overlap: int | None = None,
+    *,
+    whole: bool = True,
+    title: bool = True,
+) -> Chunker:
+    """How ingest chunks: pieces of ``chunk_size`` model tokens (default ``CHUNK_SIZE``),
+    a document that fits the model's context whole (``whole=True``) kept as one chunk."""
+    from llama_index.core.node_parser import SentenceSplitter
+
+    runner = embed_model.runner
+    room = runner.max_length - len(runner.info.head) - len(runner.info.tail)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk size must be a positive number of tokens, got {chunk_size!r}")
+    size = min(chunk_size or CHUNK_SIZE, room)
+    overlap = CHUNK_OVERLAP if chunk_overlap is None else chunk_overlap
+    splitter = SentenceSplitter(
+        chunk_size=size,
+        chunk_overlap=min(overlap, size // 4),
+        tokenizer=lambda text: runner.tokenize(text),
+    )
+    return Chunker(splitter, runner.tokenize, room - 8 if whole else 0, title)
+
+
 def prepare_documents(
-    files: Iterable[Path], splitter: SentenceSplitter, known: Mapping[str, str]
+    files: Iterable[Path],
+    chunker: Chunker,
+    known: Mapping[str, str],
+    roots: Sequence[str | Path] = (),
+    problems: list[Problem] | None = None,
 ) -> Iterator[tuple[str, _Doc, list[TextNode]]]:
     """Read and chunk each file: ``(status, doc, nodes)``, status one of ``"unchanged"``
     (its hash is ``known``; not chunked), ``"empty"`` (no chunks, nothing stored before) or
-    ``"changed"`` (nodes to embed and write; an empty list deletes the stored document)."""
+    ``"changed"`` (nodes to embed and write; an empty list deletes the stored document).
+    A document's stored hash covers its text and the chunking settings, so a chunking
+    change re-chunks. ``roots`` are the folders given to ingest (for relative paths).
+    A file that cannot be read goes to ``problems``; without that list, an error raises
+    ``OSError`` (a skipped binary file or missing extra is only left out)."""
     for doc in read_documents(files):
+        if isinstance(doc, Problem):
+            if problems is not None:
+                problems.append(doc)
+            elif doc.error:
+                raise OSError(str(doc))
+            continue
+        doc.text_hash = hashlib.sha256(f"{doc.text_hash}:{chunker.settings}".encode()).hexdigest()
         if known.get(doc.ref_doc_id) == doc.text_hash:
             yield "unchanged", doc, []
             continue
-        nodes = _chunks(doc, splitter)
+        path = relative_path(doc.ref_doc_id, roots)
+        nodes = chunker.chunks(doc.ref_doc_id, doc.text_hash, doc.parts, path)
         if not nodes and doc.ref_doc_id not in known:
             yield "empty", doc, nodes
             continue
@@ -187,22 +239,39 @@ def record_written(
     report.chunks += chunks
 
 
-def _chunks(doc: _Doc, splitter: object) -> list[TextNode]:
-    nodes: list[TextNode] = []
-    for part in doc.parts:
-        nodes += splitter.get_nodes_from_documents([part])  # type: ignore[attr-defined]
-    out = []
-    for i, node in enumerate(n for n in nodes if n.get_content().strip()):
-        chunk = TextNode(
-            id_=hashlib.sha1(f"{doc.ref_doc_id}\0{i}".encode()).hexdigest(),
-            text=node.get_content(),
-            metadata={**node.metadata, "doc_hash": doc.text_hash, "chunk": i},
-            excluded_embed_metadata_keys=[*node.excluded_embed_metadata_keys, "doc_hash", "chunk"],
-            excluded_llm_metadata_keys=[*node.excluded_llm_metadata_keys, "doc_hash", "chunk"],
-        )
-        chunk.relationships[NodeRelationship.SOURCE] = RelatedNodeInfo(node_id=doc.ref_doc_id)
-        out.append(chunk)
-    return out
+def _write_in_batches(
+    doc: _Doc,
+    nodes: list[TextNode],
+    embed_model: LlamaCppEmbedding,
+    store: PostgresVectorStore,
+    known: dict[str, str],
+    report: IngestReport,
+    progress: Progress | None,
+    size: int,
+) -> None:
+    """A large document: embedded ``size`` chunks at a time, each batch written (and its
+    vectors dropped) before the next is embedded, all in one transaction."""
+    started, embedding = time.perf_counter(), 0.0
+
+    def batches() -> Iterator[list[TextNode]]:
+        nonlocal embedding
+        for i in range(0, len(nodes), size):
+            batch = nodes[i : i + size]
+            start = time.perf_counter()
+            embed_nodes(embed_model, batch)
+            embedding += time.perf_counter() - start
+            yield batch
+            for node in batch:
+                node.embedding = None
+            if progress is not None:
+                progress(0, len(batch))
+
+    replace_document_batches(store, doc.ref_doc_id, batches())
+    report.seconds["embed"] += embedding
+    report.seconds["write"] += time.perf_counter() - started - embedding
+    record_written(report, known, [(doc.ref_doc_id, doc.text_hash)], len(nodes))
+    if progress is not None:
+        progress(1, 0)
 
 
 def _flush(

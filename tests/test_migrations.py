@@ -148,7 +148,7 @@ def test_own_version_table_leaves_host_history_alone(empty_database: str) -> Non
 def test_check_refuses_an_old_schema(empty_database: str) -> None:
     migrate.upgrade(empty_database, "0001")
     engine = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
-    with engine.connect() as connection, pytest.raises(SchemaError, match="migrate upgrade"):
+    with engine.connect() as connection, pytest.raises(SchemaError, match="run `crab migrate`"):
         migrate.check(connection)
     engine.dispose()
 
