@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,10 +67,12 @@ def dense(
     predicate: ColumnElement[bool],
     *,
     exact: bool,
+    with_embedding: bool = False,
 ) -> sa.Select[tuple[str, str, dict[str, Any], float]]:
     """Top ``k`` by inner product. The approximate form repeats the index expression
     ``embedding::vector(N)`` (or ``halfvec(N)``); the exact one orders by the untyped
-    column, which no index matches, so PostgreSQL scans the matching rows."""
+    column, which no index matches, so PostgreSQL scans the matching rows.
+    ``with_embedding`` adds the stored vector as a last column, ``embedding``."""
     if exact:
         distance = nodes.c.embedding.op("<#>", return_type=sa.Float)(
             sa.cast(_vector_literal(vector), VECTOR())
@@ -79,13 +82,19 @@ def dense(
         distance = sa.cast(nodes.c.embedding, typed).op("<#>", return_type=sa.Float)(
             sa.cast(_vector_literal(vector), typed)
         )
-    return (
-        sa.select(*STORED, (-distance).label("score")).where(predicate).order_by(distance).limit(k)
-    )
+    columns = [*STORED, (-distance).label("score")]
+    if with_embedding:
+        columns.append(nodes.c.embedding)
+    return sa.select(*columns).where(predicate).order_by(distance).limit(k)
 
 
 def probe(
-    vector: np.ndarray, k: int, predicate: ColumnElement[bool], limit: int
+    vector: np.ndarray,
+    k: int,
+    predicate: ColumnElement[bool],
+    limit: int,
+    *,
+    with_embedding: bool = False,
 ) -> sa.Select[tuple[str, str, dict[str, Any], float, int]]:
     """Exact top ``k`` among at most ``limit + 1`` matching rows, with how many matched:
     if no more than ``limit`` did, the answer is exact and complete."""
@@ -93,26 +102,33 @@ def probe(
     distance = candidates.c.embedding.op("<#>", return_type=sa.Float)(
         sa.cast(_vector_literal(vector), VECTOR())
     )
-    return (
-        sa.select(
-            candidates.c.node_id,
-            candidates.c.text,
-            candidates.c.metadata,
-            candidates.c.node_content,
-            (-distance).label("score"),
-            sa.func.count().over().label("matched"),
-        )
-        .order_by(distance)
-        .limit(k)
-    )
+    columns = [
+        candidates.c.node_id,
+        candidates.c.text,
+        candidates.c.metadata,
+        candidates.c.node_content,
+        (-distance).label("score"),
+        sa.func.count().over().label("matched"),
+    ]
+    if with_embedding:
+        columns.append(candidates.c.embedding)
+    return sa.select(*columns).order_by(distance).limit(k)
+
+
+def question_terms(query: str) -> str:
+    """``query`` as a web-search OR of its words: a question matches the rows that share
+    any of its terms, not only rows holding all of them. Quotes and ``-`` lose their
+    operator meaning; the collection's text search config drops stop words and stems."""
+    return " or ".join(word for word in re.findall(r"\w+", query) if word.lower() != "or")
 
 
 def text(
     collection: Collection, query: str, k: int, predicate: ColumnElement[bool]
 ) -> sa.Select[tuple[str, str, dict[str, Any], float]]:
-    """Top ``k`` by ``ts_rank_cd`` among rows matching the web-search style ``query``."""
+    """Top ``k`` by ``ts_rank_cd`` among rows sharing a term with ``query``."""
     tsquery = sa.func.websearch_to_tsquery(
-        sa.cast(sa.literal(collection.text_search_config), REGCONFIG), sa.literal(query, sa.Text)
+        sa.cast(sa.literal(collection.text_search_config), REGCONFIG),
+        sa.literal(question_terms(query), sa.Text),
     )
     rank = sa.func.ts_rank_cd(nodes.c.text_search, tsquery, type_=sa.Float)
     return (
