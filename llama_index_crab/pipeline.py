@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 from llama_index.core.schema import MetadataMode, NodeWithScore
-from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery
+from llama_index.core.vector_stores.types import (
+    MetadataFilters,
+    VectorStoreQuery,
+    VectorStoreQueryMode,
+)
 
 from .embedding import LlamaCppEmbedding
 from .errors import ModelError
@@ -26,10 +30,27 @@ if TYPE_CHECKING:
     from .ingest import IngestReport, Progress
     from .store import PostgresVectorStore
 
-__all__ = ["Pipeline", "SearchResult", "build_pipeline", "resolve_database_url"]
+__all__ = [
+    "Pipeline",
+    "SearchResult",
+    "build_pipeline",
+    "require_rerank_model",
+    "resolve_database_url",
+    "source_name",
+]
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
 DEFAULT_COLLECTION = "default"
+SEARCH_MODES = ("dense", "text", "hybrid")
+# Measured on tests/data/python-reference-qa (benchmarks/quality.py); see the README.
+DEFAULT_MODE = "hybrid"
+HYBRID_ALPHA = 0.5  # weight of the dense ranking in the fusion (text: 1 - alpha)
+HYBRID_TEXT_DEPTH = 20  # text candidates fused with the dense ones
+_STORE_MODES = {
+    "dense": VectorStoreQueryMode.DEFAULT,
+    "text": VectorStoreQueryMode.TEXT_SEARCH,
+    "hybrid": VectorStoreQueryMode.HYBRID,
+}
 # Small local models follow a short instruction after the sources better than a system prompt.
 QA_PROMPT = (
     "{sources}\n\nUsing only the sources above, answer in two or three sentences: {question}\n"
@@ -38,21 +59,34 @@ QA_PROMPT = (
 )
 
 
-def _model(kind: str, env: str, bundled: str) -> str:
-    if os.environ.get(env):
-        return os.environ[env]
-    path = BUNDLED_MODELS / bundled
+def default_embed_model() -> str:
+    """``CRAB_EMBED_MODEL``, else the clone's bundled all-MiniLM-L6-v2, else the same model
+    from the Hugging Face cache, fetched there once (the ``hf`` extra)."""
+    from . import _hub
+
+    if os.environ.get("CRAB_EMBED_MODEL"):
+        return os.environ["CRAB_EMBED_MODEL"]
+    path = BUNDLED_MODELS / _hub.BUNDLED_EMBEDDER
     if path.exists():
         return str(path)
-    raise ModelError(f"no {kind} model given: pass a GGUF path or Hugging Face spec, or set {env}")
+    return str(_hub.fetch(_hub.DEFAULT_EMBEDDER, "CRAB_EMBED_MODEL"))
 
 
-def default_embed_model() -> str:
-    return _model("embedding", "CRAB_EMBED_MODEL", "all-MiniLM-L6-v2-q8_0.gguf")
+def default_rerank_model() -> str | None:
+    """The reranker the user configured (``CRAB_RERANK_MODEL``), else none: the bundled
+    cross-encoder is a toy for tests and examples and never reranks by default."""
+    return os.environ.get("CRAB_RERANK_MODEL") or None
 
 
-def default_rerank_model() -> str:
-    return _model("reranker", "CRAB_RERANK_MODEL", "minilm-toy-reranker-q8_0.gguf")
+def require_rerank_model(model: str | None) -> str:
+    """``model`` or the configured reranker; an error that says how to give one."""
+    chosen = model or default_rerank_model()
+    if not chosen:
+        raise ModelError(
+            "no reranker given: pass --rerank-model (a cross-encoder GGUF path or "
+            "owner/repo:file.gguf, e.g. a bge-reranker GGUF) or set CRAB_RERANK_MODEL"
+        )
+    return chosen
 
 
 def resolve_database_url(url: str | None = None) -> str:
@@ -73,6 +107,13 @@ class SearchResult:
 
     hits: list[NodeWithScore]
     timings: dict[str, float] = field(default_factory=dict)
+    mode: str = "dense"
+    reranked: bool = False
+
+    @property
+    def stages(self) -> str:
+        """Which stages ran, e.g. ``"hybrid search → rerank"``."""
+        return f"{self.mode} search" + (" → rerank" if self.reranked else ", not reranked")
 
 
 class Pipeline:
@@ -87,7 +128,10 @@ class Pipeline:
         similarity_top_k: int = 100,
         top_n: int = 5,
         llm: Any = None,
+        mode: str = DEFAULT_MODE,
     ) -> None:
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
         if similarity_top_k < 1 or top_n < 1:
             raise ValueError(
                 f"similarity_top_k and top_n must be ≥ 1, got {similarity_top_k}, {top_n}"
@@ -97,6 +141,7 @@ class Pipeline:
         self.reranker = reranker
         self.similarity_top_k = similarity_top_k
         self.top_n = top_n
+        self.mode = mode
         self._llm = llm
 
     # -- LlamaIndex objects ---------------------------------------------------------------
@@ -129,8 +174,23 @@ class Pipeline:
     # -- the jobs -------------------------------------------------------------------------
 
     def ingest(
-        self, paths: Iterable[str | Path], progress: Progress | None = None, **kwargs: Any
+        self,
+        paths: Iterable[str | Path],
+        progress: Progress | None = None,
+        *,
+        executor: str = "local",
+        **kwargs: Any,
     ) -> IngestReport:
+        """Ingest files and folders; ``executor="ray"`` spreads the work over a Ray cluster
+        (keyword arguments of :func:`llama_index_crab.distributed.ingest_distributed`)."""
+        if executor == "ray":
+            from .distributed import ingest_distributed
+
+            return ingest_distributed(
+                paths, self.embed_model, self.store, progress=progress, **kwargs
+            )
+        if executor != "local":
+            raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
         from .ingest import ingest_paths
 
         return ingest_paths(paths, self.embed_model, self.store, progress=progress, **kwargs)
@@ -143,26 +203,50 @@ class Pipeline:
         top_n: int | None = None,
         filters: MetadataFilters | None = None,
         rerank: bool = True,
+        mode: str | None = None,
     ) -> SearchResult:
-        """Retrieve ``top_k`` by vector, then keep the cross-encoder's best ``top_n``."""
-        k = self.similarity_top_k if top_k is None else top_k
-        n = self.top_n if top_n is None else top_n
+        """Retrieve by ``mode`` (dense, text or hybrid), then rerank to ``top_n``.
+
+        With a reranker, ``top_k`` candidates (default ``similarity_top_k``) are reranked
+        and the best ``top_n`` kept. Without one (or ``rerank=False``) nothing is cut after
+        retrieval: ``top_n`` results, or ``top_k`` when only that is given.
+        """
+        mode = mode or self.mode
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        reranking = rerank and self.reranker is not None
+        if reranking:
+            k = self.similarity_top_k if top_k is None else top_k
+            n = self.top_n if top_n is None else top_n
+        else:
+            n = top_n or top_k or self.top_n
+            k = top_k or n
         if k < 1 or n < 1:
             raise ValueError(f"top_k and top_n must be ≥ 1, got {k}, {n}")
         timings: dict[str, float] = {}
+        vector = None
+        if mode != "text":
+            start = time.perf_counter()
+            vector = self.embed_model.get_query_embedding(text)
+            timings["embed"] = time.perf_counter() - start
         start = time.perf_counter()
-        vector = self.embed_model.get_query_embedding(text)
-        timings["embed"] = time.perf_counter() - start
-        start = time.perf_counter()
-        result = self.store.query(
-            VectorStoreQuery(query_embedding=vector, similarity_top_k=k, filters=filters)
+        query = VectorStoreQuery(
+            query_embedding=vector,
+            query_str=text,
+            similarity_top_k=k,
+            filters=filters,
+            mode=_STORE_MODES[mode],
+            sparse_top_k=max(k, HYBRID_TEXT_DEPTH) if mode == "hybrid" else None,
+            hybrid_top_k=k,
+            alpha=HYBRID_ALPHA if mode == "hybrid" else None,
         )
+        result = self.store.query(query)
         timings["search"] = time.perf_counter() - start
         hits = [
             NodeWithScore(node=node, score=score)
             for node, score in zip(result.nodes or [], result.similarities or [])
         ]
-        if rerank and self.reranker is not None and hits:
+        if reranking and self.reranker is not None and hits:
             start = time.perf_counter()
             texts = [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits]
             for hit, score in zip(hits, self.reranker.score(text, texts)):
@@ -170,14 +254,25 @@ class Pipeline:
                 hit.score = score
             hits.sort(key=lambda h: -(h.score or 0.0))
             timings["rerank"] = time.perf_counter() - start
-        hits = hits[:n]
-        return SearchResult(hits, timings)
+        return SearchResult(hits[:n], timings, mode, reranking)
 
-    def ask(self, question: str, **search: Any) -> tuple[SearchResult, Iterator[str]]:
-        """Retrieve, rerank, then stream a grounded answer citing the numbered sources."""
+    def ask(
+        self, question: str, *, generate: bool | None = None, **search: Any
+    ) -> tuple[SearchResult, Iterator[str]]:
+        """Retrieve (and rerank), then answer citing the numbered sources as ``[n]``.
+
+        The answer is extractive — the sources' sentences that answer best, each cited —
+        unless a chat model is set (``llm=`` or ``generate=True``): then it streams a
+        generated answer grounded on the sources.
+        """
         found = self.search(question, **search)
+        if not (self._llm is not None if generate is None else generate):
+            from .answer import extract_answer, format_answer
+
+            quotes = extract_answer(question, found.hits, self.embed_model, self.reranker)
+            return found, iter([format_answer(quotes)])
         sources = "\n\n".join(
-            f"[{i}] {_source_name(h)}\n{h.node.get_content(metadata_mode=MetadataMode.NONE)}"
+            f"[{i}] {source_name(h)}\n{h.node.get_content(metadata_mode=MetadataMode.NONE)}"
             for i, h in enumerate(found.hits, 1)
         )
         prompt = QA_PROMPT.format(sources=sources, question=question)
@@ -195,10 +290,11 @@ class Pipeline:
         self.store.close()
 
 
-def _source_name(hit: NodeWithScore) -> str:
+def source_name(hit: NodeWithScore) -> str:
+    """How a hit's document is shown: its path relative to the folder ingested."""
     meta = hit.node.metadata
     return str(
-        meta.get("file_name") or meta.get("file_path") or hit.node.ref_doc_id or hit.node.node_id
+        meta.get("file_path") or meta.get("file_name") or hit.node.ref_doc_id or hit.node.node_id
     )
 
 
@@ -213,29 +309,48 @@ def build_pipeline(
     llm: Any = None,
     create_collection: bool = True,
     rerank: bool = True,
+    mode: str = DEFAULT_MODE,
+    text_search_config: str = "english",
+    read_urls: Sequence[str] = (),
+    n_gpu_layers: int = 0,
 ) -> Pipeline:
     """Wire embeddings, the pgvector store and the reranker; nothing left to do by hand.
 
     Without ``database_url`` (or ``CRAB_DATABASE_URL``) the embedded PostgreSQL is started in
     the user's data directory and migrated. The collection is created when missing unless
-    ``create_collection=False``.
+    ``create_collection=False``; a new one gets ``text_search_config`` for its full-text
+    search (PostgreSQL's, e.g. ``"english"`` or ``"simple"``), an existing one keeps its own.
+    Results are reranked only when a reranker is given (``rerank_model`` or
+    ``CRAB_RERANK_MODEL``) and ``rerank`` is true. ``read_urls``: streaming replicas that
+    serve the searches (see :class:`PostgresVectorStore`). ``n_gpu_layers`` offloads the
+    models loaded here to a GPU (-1: all layers; a CPU build ignores it).
     """
     from .store import PostgresVectorStore
 
     embedder = (
         embed_model
         if isinstance(embed_model, LlamaCppEmbedding)
-        else LlamaCppEmbedding(embed_model or default_embed_model())
+        else LlamaCppEmbedding(embed_model or default_embed_model(), n_gpu_layers=n_gpu_layers)
     )
     reranker: LlamaCppRerank | None = None
     if isinstance(rerank_model, LlamaCppRerank):
         reranker = rerank_model
-    elif rerank:
-        reranker = LlamaCppRerank(rerank_model or default_rerank_model(), top_n=top_n)
+    elif rerank and (rerank_model or default_rerank_model()):
+        reranker = LlamaCppRerank(
+            require_rerank_model(str(rerank_model or "")), top_n=top_n, n_gpu_layers=n_gpu_layers
+        )
     identity = embedder.identity()
-    store = PostgresVectorStore(resolve_database_url(database_url), collection, identity=identity)
+    store = PostgresVectorStore(
+        resolve_database_url(database_url), collection, identity=identity, read_urls=read_urls
+    )
     if create_collection:
-        store.create_collection(exist_ok=True)
+        store.create_collection(exist_ok=True, text_search_config=text_search_config)
     return Pipeline(
-        embedder, store, reranker, similarity_top_k=similarity_top_k, top_n=top_n, llm=llm
+        embedder,
+        store,
+        reranker,
+        similarity_top_k=similarity_top_k,
+        top_n=top_n,
+        llm=llm,
+        mode=mode,
     )
