@@ -10,6 +10,7 @@ from .collections import (
 )
 from .embedding import LlamaCppEmbedding
 from .errors import (
+    ClusterError,
     CollectionMismatchError,
     CollectionNotFoundError,
     CrabError,
@@ -19,6 +20,7 @@ from .errors import (
     ModelError,
     PgvectorMissingError,
     PoolingError,
+    ReplicaWarning,
     SchemaError,
     StoreError,
     TruncationWarning,
@@ -29,6 +31,7 @@ from .rerank import LlamaCppRerank
 from .store import PostgresVectorStore
 
 __all__ = [
+    "ClusterError",
     "CollectionMismatchError",
     "CollectionNotFoundError",
     "CrabError",
@@ -44,6 +47,7 @@ __all__ = [
     "Pipeline",
     "PoolingError",
     "PostgresVectorStore",
+    "ReplicaWarning",
     "SchemaError",
     "StoreError",
     "TruncationWarning",

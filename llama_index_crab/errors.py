@@ -7,6 +7,7 @@ Every error the package raises on purpose derives from :class:`CrabError`::
     │   ├── EmbeddingModeError     a llama_cpp.Llama made without embedding=True
     │   └── PoolingError           wrong pooling for the job (rank vs embedding, NaN/zero vectors)
     ├── InputTooLongError          (also ValueError) text over the context, truncation off
+    ├── ClusterError               the Ray cluster is unreachable or lost a worker for good
     └── StoreError                 database-side problems
         ├── DatabaseUnavailableError   server unreachable or refused the connection
         ├── PgvectorMissingError       the vector extension is missing or may not be created
@@ -16,7 +17,8 @@ Every error the package raises on purpose derives from :class:`CrabError`::
         └── VectorValueError           (also ValueError) NaN, Inf, wrong norm or wrong dimension
 
 Plain bad arguments raise ``ValueError`` / ``TypeError``. Truncating an over-long text warns
-with :class:`TruncationWarning` (a ``UserWarning``).
+with :class:`TruncationWarning` (a ``UserWarning``); a read replica that is down or lagging
+is skipped with a :class:`ReplicaWarning`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class PoolingError(ModelError):
 
 class InputTooLongError(CrabError, ValueError):
     """A text is longer than the model's context and truncation is turned off."""
+
+
+class ClusterError(CrabError):
+    """The Ray cluster cannot be reached, or lost a worker more often than Ray retries."""
 
 
 class StoreError(CrabError):
@@ -72,3 +78,7 @@ class VectorValueError(StoreError, ValueError):
 
 class TruncationWarning(UserWarning):
     """A text was longer than the model's context and was cut to fit."""
+
+
+class ReplicaWarning(UserWarning):
+    """A read replica is down, not a standby, or lagging; reads go elsewhere for a while."""

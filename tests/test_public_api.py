@@ -9,6 +9,7 @@ from llama_index_crab._batching import plan_batches
 
 def test_all_is_locked() -> None:
     assert llama_index_crab.__all__ == [
+        "ClusterError",
         "CollectionMismatchError",
         "CollectionNotFoundError",
         "CrabError",
@@ -24,6 +25,7 @@ def test_all_is_locked() -> None:
         "Pipeline",
         "PoolingError",
         "PostgresVectorStore",
+        "ReplicaWarning",
         "SchemaError",
         "StoreError",
         "TruncationWarning",
