@@ -172,9 +172,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 )
 @click.option("--ray-workers", type=int, help="Embedding actors; default: all the cluster's CPUs.")
 @click.option("--ray-cpus-per-worker", type=int, default=1, show_default=True)
-@click.option(
-    "--ray-writers", type=int, default=1, show_default=True, help="Database connections."
-)
+@click.option("--ray-writers", type=int, default=1, show_default=True, help="Database connections.")
 @_options
 def ingest(
     paths: tuple[str, ...],
@@ -256,17 +254,9 @@ def _ingest_with_progress(
             rate = chunks / (time.perf_counter() - started)
             bar.set_postfix_str(f"{chunks} chunks, {rate:.0f} chunks/s")
 
-        if "executor" not in kwargs:
-            report = pipe.ingest(
-                found, progress=progress, batch_chunks=batch_chunks, prune=prune, **kwargs
-            )
-        else:
-            from .ingest import prune_documents
-
-            report = pipe.ingest(found.files, progress=progress, **kwargs)
-            report.problems[:0] = found.problems
-            if prune:
-                report.removed = prune_documents(pipe.store, found)
+        report = pipe.ingest(
+            found, progress=progress, batch_chunks=batch_chunks, prune=prune, **kwargs
+        )
         bar.update(len(found.files) - bar.n)
     return report
 
