@@ -33,6 +33,7 @@ __all__ = [
     "PASSWORD_FILE",
     "Account",
     "Postmaster",
+    "clear_staging",
     "clear_stale",
     "initialise",
     "launch",
@@ -260,12 +261,15 @@ def _reason(output: str) -> str | None:
     return next((match.group(1).strip() for match in found if match), None)
 
 
+def clear_staging(pgdata: Path) -> None:
+    """Remove what first starts killed mid-way left beside ``pgdata`` (call with the lock)."""
+    for leftover in pgdata.parent.glob(glob.escape(pgdata.name) + ".init-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def initialise(pgdata: Path, account: Account, password: str) -> None:
     """initdb into a sibling staging directory and rename it to ``pgdata`` once complete,
     so a start killed at any moment leaves either nothing or a whole data directory."""
-    pattern = glob.escape(pgdata.name) + ".init-*"
-    for leftover in pgdata.parent.glob(pattern):  # from starts killed mid-way (we hold the lock)
-        shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=pgdata.name + ".init-", dir=pgdata.parent))
     try:
         data, pwfile = staging / "data", staging / "pwfile"

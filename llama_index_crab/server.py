@@ -110,6 +110,7 @@ def _unusable(pgdata: Path, reason: object) -> DatabaseUnavailableError:
 
 def _prepare(pgdata: Path, account: files.Account) -> str:
     """Make the data directory if there is none; its password, made if missing."""
+    files.clear_staging(pgdata)
     entries = os.listdir(pgdata) if pgdata.exists() else []
     if "PG_VERSION" not in entries:
         if entries:
@@ -239,7 +240,7 @@ def url(pgdata: Path | None = None) -> str:
 def stop(pgdata: Path | None = None) -> bool:
     """Stop the embedded server; ``False`` if it was not running."""
     pgdata = _resolved(pgdata)
-    if not pgdata.parent.is_dir():
+    if files.postmaster(pgdata) is None:  # also where no lock file can be made (read-only disk)
         return False
     with files.locked(pgdata):
         server = files.postmaster(pgdata)

