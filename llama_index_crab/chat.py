@@ -23,7 +23,7 @@ from llama_index.core.llms.custom import CustomLLM
 from pydantic import Field, PrivateAttr
 
 from ._gguf import resolve_model_path
-from ._llama import _install_log_callback
+from ._llama import GpuOptions, _install_log_callback
 from .errors import ModelError
 
 __all__ = ["LlamaCppChat", "default_chat_model"]
@@ -44,8 +44,11 @@ def default_chat_model() -> Path:
     )
 
 
-class LlamaCppChat(CustomLLM):
-    """A GGUF chat model through llama.cpp, using the chat template stored in the GGUF."""
+class LlamaCppChat(CustomLLM, GpuOptions):
+    """A GGUF chat model through llama.cpp, using the chat template stored in the GGUF.
+
+    ``n_gpu_layers`` (-1: all), ``main_gpu``, ``split_mode`` and ``tensor_split`` offload
+    it to a GPU, as in llama-cpp-python; a CPU build ignores them."""
 
     model_path: str = Field(description="Path of the GGUF chat model.")
     context_window: int = Field(default=2048, gt=0)
@@ -86,6 +89,7 @@ class LlamaCppChat(CustomLLM):
                 n_threads=self.n_threads,
                 seed=self.seed,
                 verbose=False,
+                **self.gpu_options(),
             )
         return self._llm
 

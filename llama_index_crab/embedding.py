@@ -14,7 +14,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
 from ._gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
-from ._llama import POOLINGS, LlamaRunner, load_once, runner_for
+from ._llama import POOLINGS, GpuOptions, LlamaRunner, load_once, runner_for
 from .errors import PoolingError, TruncationWarning
 
 if TYPE_CHECKING:
@@ -23,13 +23,15 @@ if TYPE_CHECKING:
 __all__ = ["LlamaCppEmbedding"]
 
 
-class LlamaCppEmbedding(BaseEmbedding):
+class LlamaCppEmbedding(BaseEmbedding, GpuOptions):
     """Embeddings from a GGUF model through llama.cpp, L2-normalised by default.
 
     ``model`` is a path to a .gguf file, a Hugging Face spec (``owner/repo:file.gguf``), or a
     ``llama_cpp.Llama`` created with ``embedding=True``. The model loads on first use.
     Empty or whitespace-only texts raise ``ValueError`` unless ``allow_empty=True``, which
     embeds them as the bare start/end tokens, as sentence-transformers does.
+    ``n_gpu_layers`` (-1: all), ``main_gpu``, ``split_mode`` and ``tensor_split`` offload the
+    model to a GPU, as in llama-cpp-python; a CPU build ignores them.
     """
 
     model_path: str = Field(description="Path of the GGUF file.")

@@ -14,7 +14,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import Field, PrivateAttr
 
 from ._gguf import gguf_pooling, read_embedding_tables, resolve_model_path, tensor_names
-from ._llama import POOLINGS, LlamaRunner, load_once, runner_for
+from ._llama import POOLINGS, GpuOptions, LlamaRunner, load_once, runner_for
 from .errors import PoolingError
 
 __all__ = ["LlamaCppRerank"]
@@ -24,7 +24,7 @@ _POSITIVE_LABELS = ("yes", "relevant", "true", "positive", "label_1")
 _PROBABILITY_HEADS = ("qwen3", "qwen3vl")
 
 
-class LlamaCppRerank(BaseNodePostprocessor):
+class LlamaCppRerank(BaseNodePostprocessor, GpuOptions):
     """Rerank nodes with a GGUF cross-encoder, many (query, document) pairs per decode.
 
     ``scores="probability"`` (default) maps the classifier output into [0, 1]: a sigmoid for a
@@ -34,7 +34,7 @@ class LlamaCppRerank(BaseNodePostprocessor):
     Documents longer than the context are cut from the end (the query always survives), as
     sentence-transformers does. For BERT cross-encoders (two token types), documents are fed
     as type 1, as in training and in Hugging Face's pair encoding; llama.cpp itself would use
-    type 0 for every token.
+    type 0 for every token. GPU offload: ``n_gpu_layers`` etc., as for LlamaCppEmbedding.
     """
 
     model_path: str = Field(description="Path of the GGUF cross-encoder.")
