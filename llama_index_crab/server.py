@@ -14,6 +14,7 @@ only when its PID is a postgres serving this data directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -188,21 +189,24 @@ def _start(pgdata: Path) -> str:
     if server is not None and (server.socket_dir != sockets or server.listen_addresses):
         files.terminate(server)  # started elsewhere or by an older version: not private
         server = None
-    password = _prepare(pgdata, account)
-    if sockets != pgdata:
-        files.private_dir(sockets.parent, account)
-    files.private_dir(sockets, account)
-    url = _url(sockets, password)
-    fresh = server is None
-    if server is None:
-        server = _launch(pgdata, sockets, account)
+    reused = server is not None
     try:
-        if _secure(pgdata, url, account) and not fresh:
+        password = _prepare(pgdata, account)
+        if sockets != pgdata:
+            files.private_dir(sockets.parent, account)
+        files.private_dir(sockets, account)
+        url = _url(sockets, password)
+        if server is None:
+            server = _launch(pgdata, sockets, account)
+        if _secure(pgdata, url, account) and reused:
             files.terminate(server)  # a server from before the settings came with every start
             server = _launch(pgdata, sockets, account)
         _ensure_database(url)
     except BaseException:
-        files.terminate(server)  # a server that failed a check does not stay up
+        left = files.postmaster(pgdata)
+        if left is not None:  # a server that failed a check does not stay up
+            with contextlib.suppress(DatabaseUnavailableError):
+                files.terminate(left)
         raise
     return url
 

@@ -190,6 +190,18 @@ def test_a_server_left_open_by_an_older_version_is_restarted_private(workdir: Pa
         server.stop(pgdata)
 
 
+def test_a_failed_safety_check_stops_the_server_before_the_error(pgdata: Path) -> None:
+    url = server.start(pgdata)
+    sockets = Path(str(to_url(url).query["host"]))
+    sockets.chmod(0o750)  # the group may now reach the socket
+    result = _cli(pgdata, "db", "start")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "is not a private directory" in result.output and "mode 0o750" in result.output
+    assert not server.status(pgdata).running and _postmasters(pgdata) == set()
+    sockets.chmod(0o700)
+    assert server.start(pgdata) == url
+
+
 # -- 2. a first start killed at any moment --------------------------------------------------------
 
 
