@@ -1,0 +1,118 @@
+"""What a user gets: the bundled corpus through `crab ingest`, the labelled questions through
+`crab query` and `crab ask`, against a plain reference on the same GGUF in the same test."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _models import ROOT
+from click.testing import CliRunner
+
+from llama_index_crab.cli import main
+from llama_index_crab.evaluate import BeirData, hit_at, load_beir, ndcg_at
+
+pytestmark = pytest.mark.slow
+
+CORPUS = ROOT / "examples" / "corpus" / "python-reference"
+DATA = Path(__file__).parent / "data" / "python-reference-qa"
+MARGIN = 0.02
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def labelled() -> BeirData:
+    return load_beir(DATA)
+
+
+@pytest.fixture(scope="module")
+def ingested(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The corpus ingested with `crab ingest` into its own collection: the CLI's env."""
+    env = {"CRAB_DATABASE_URL": database_url, "CRAB_COLLECTION": "quality-test"}
+    result = CliRunner().invoke(main, ["ingest", str(CORPUS)], env=env)
+    assert result.exit_code == 0, result.output
+    assert "79 added" in result.output
+    return env
+
+
+def _cli_json(env: dict[str, str], *args: str) -> Any:
+    result = CliRunner().invoke(main, [*args, "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def _ranked(results: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(Path(r["source"]).name for r in results))
+
+
+@pytest.fixture(scope="module")
+def reference(labelled: BeirData) -> dict[str, float]:
+    from llama_index_crab import LlamaCppEmbedding
+    from llama_index_crab.baseline import paragraph_baseline
+    from llama_index_crab.pipeline import default_embed_model
+
+    with LlamaCppEmbedding(default_embed_model()) as model:
+        runs = paragraph_baseline(labelled.corpus, labelled.queries, model, top=10)
+    return _scores(runs, labelled)
+
+
+def _scores(runs: dict[str, list[str]], data: BeirData) -> dict[str, float]:
+    n = len(runs)
+    return {
+        "hit@10": sum(hit_at(runs[q], data.qrels[q]) for q in runs) / n,
+        "nDCG@10": sum(ndcg_at(runs[q], data.qrels[q]) for q in runs) / n,
+    }
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_crab_query_is_as_good_as_the_plain_reference(
+    mode: str, ingested: dict[str, str], labelled: BeirData, reference: dict[str, float]
+) -> None:
+    runs = {
+        qid: _ranked(
+            _cli_json(ingested, "query", labelled.queries[qid], "--mode", mode, "--top-k", "10")[
+                "results"
+            ]
+        )
+        for qid in labelled.qrels
+    }
+    ours = _scores(runs, labelled)
+    print(f"{mode}: ours {ours}, reference {reference}")
+    for metric, value in reference.items():
+        assert ours[metric] >= value - MARGIN, (mode, metric, ours, reference)
+
+
+def _passage_sentences(passage: str) -> list[str]:
+    parts = re.split(r"(?<=[.!?:;])\s+", _normal(passage))
+    return [p for p in parts if len(p) >= 25]
+
+
+def _quotes(answer: str) -> list[tuple[str, int]]:
+    return [(_normal(text), int(n)) for text, n in re.findall(r"(.+?) \[(\d+)\](?: |$)", answer)]
+
+
+def test_crab_ask_quotes_and_cites_an_answering_passage(
+    ingested: dict[str, str], labelled: BeirData
+) -> None:
+    good = 0
+    for qid, question in labelled.queries.items():
+        out = _cli_json(ingested, "ask", question)
+        quotes = _quotes(out["answer"])
+        assert quotes, out["answer"]
+        sources = {row["n"]: row for row in out["sources"]}
+        wanted = _passage_sentences(labelled.extra[qid]["answer_passage"])
+        for text, n in quotes:
+            assert text in _normal(sources[n]["text"]), "every quote comes from its source"
+        good += any(
+            any(s in text or text in s for s in wanted)
+            and labelled.qrels[qid].get(Path(sources[n]["source"]).name, 0)
+            for text, n in quotes
+        )
+    print(f"ask: {good} of {len(labelled.queries)} answers quote an answering passage")
+    assert good >= 20
