@@ -334,9 +334,10 @@ def _search(pipe: Any, text: str, opts: dict[str, Any], filters: tuple[str, ...]
 
 
 def _stages(result: Any, pipe: Any) -> str:
+    stages = str(result.stages)
     if result.reranked or pipe.reranker is not None:
-        return result.stages
-    return result.stages + " (no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
+        return stages
+    return stages + " (no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
 
 
 @main.command()
