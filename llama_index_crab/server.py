@@ -101,11 +101,21 @@ def _admin(url: str) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
+def _leftover_hint(pgdata: Path) -> str:
+    if not (pgdata / "PG_VERSION").is_file():
+        return ""
+    return (
+        f"; if an interrupted first start left this directory, delete it (rm -r '{pgdata}') "
+        "and run `crab db start`"
+    )
+
+
 def _unusable(pgdata: Path, reason: object) -> DatabaseUnavailableError:
     log = f"; see {pgdata / 'log'}" if (pgdata / "log").is_file() else ""
     return DatabaseUnavailableError(
         f"the embedded PostgreSQL in {pgdata} did not start: {reason}{log}; check that the "
-        "directory is writable and its disk has free space, or set CRAB_PGDATA to another location"
+        "directory is writable and its disk has free space, or set CRAB_PGDATA to another "
+        f"location{_leftover_hint(pgdata)}"
     )
 
 
@@ -161,7 +171,8 @@ def _secure(pgdata: Path, url: str, account: files.Account) -> bool:
                 "'local all all trust' and run `crab db start`"
             ) from exc
         raise DatabaseUnavailableError(
-            f"the embedded server in {pgdata} started but refused a connection: {reason}"
+            f"the embedded server in {pgdata} started but refused a connection: {reason}; "
+            f"see {pgdata / 'log'}{_leftover_hint(pgdata)}"
         ) from exc
     return bool(untuned)
 
