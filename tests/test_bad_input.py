@@ -455,17 +455,19 @@ def test_crab_ingest_of_odd_files(tmp_path: Path, database_url: str, collection_
     first = crab("ingest", str(folder), env=env)
     assert first.returncode == 0, first.stderr
     assert "Traceback" not in first.stderr
-    assert "7 added, 0 updated, 0 unchanged, 2 empty skipped" in first.stdout
+    # NUL bytes or random bytes make a file binary (as git decides): skipped, not stored.
+    assert "5 added, 0 updated, 0 unchanged, 2 empty skipped, 2 skipped" in first.stdout
+    assert "nul.txt: skipped: binary content (NUL bytes)" in first.stderr
     _, rows = snapshot(database_url, collection_name)
     by_file = {Path(r[2]).name for r in rows}
-    assert by_file == set(files) - {"empty.txt", "blank.txt"}
+    assert by_file == set(files) - {"empty.txt", "blank.txt", "nul.txt", "binary.txt"}
     assert all("\x00" not in r[3] for r in rows)
     text = {Path(r[2]).name: r[3] for r in rows}
-    assert text["nul.txt"] == "nul  inside  text"
+    assert text["utf16.txt"].strip() == "hello wide world"  # decoded by its BOM
     assert text["good.md"].startswith("# Crabs")
     assert "שלום 🦀" in text["rtl-emoji.md"]
 
     again = crab("ingest", str(folder), env=env)
     assert again.returncode == 0, again.stderr
-    assert "0 added, 0 updated, 7 unchanged, 2 empty skipped" in again.stdout
+    assert "0 added, 0 updated, 5 unchanged, 2 empty skipped, 2 skipped" in again.stdout
     assert snapshot(database_url, collection_name)[1] == rows
