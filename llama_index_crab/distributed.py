@@ -93,6 +93,8 @@ def ingest_distributed(
 
     owned = not ray.is_initialized()
     if owned:
+        if address:
+            _check_reachable(address)  # ray.init would retry for minutes
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -274,6 +276,21 @@ class _Run:
             raise
         except exceptions.RayError as exc:
             raise _lost(exc) from exc
+
+
+def _check_reachable(address: str) -> None:
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" or a form Ray parses itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"could not reach the Ray cluster at {address!r} ({exc.strerror or exc}); start "
+            "it with `ray start --head` or check the address"
+        ) from exc
 
 
 def _lost(exc: Exception) -> ClusterError:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -225,3 +227,32 @@ def test_unreachable_database_is_a_clear_error_before_any_work(
         ingest_distributed([folder], model, store)
     assert set(_embedders()) <= before, "no actor was started"
     store.close()
+
+
+def test_unreachable_cluster_is_one_line_and_exit_code_1(
+    database_url: str, folder: Path, collection_name: str
+) -> None:
+    env = {**os.environ, "CRAB_DATABASE_URL": database_url, "CRAB_COLLECTION": collection_name}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llama_index_crab.cli",
+            "ingest",
+            str(folder),
+            "--ray",
+            "127.0.0.1:9",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: could not reach the Ray cluster at '127.0.0.1:9'")
+    )
+    assert "Traceback" not in done.stderr
+    assert _rows(database_url, collection_name) == []
