@@ -354,7 +354,8 @@ def test_a_renamed_copy_of_the_model_is_the_same_model(
     again = runner.invoke(main, ["ingest", str(folder), "--embed-model", str(copy)])
     assert again.exit_code == 0, again.output
     assert "0 added, 0 updated, 1 unchanged" in again.output
-    found = runner.invoke(main, ["query", "crabs", "--no-rerank", "--embed-model", str(copy)])
+    args = ["query", "crabs", "--no-rerank", "--mode", "dense", "--embed-model", str(copy)]
+    found = runner.invoke(main, args)
     assert found.exit_code == 0 and "good.md" in found.output, found.output
 
 
