@@ -512,30 +512,70 @@ def drop(ctx: click.Context, name: str, yes: bool, database_url: str | None) -> 
 @main.command(name="eval")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--split", default="test", show_default=True, help="qrels/<split>.tsv")
-@click.option("--top-k", type=int, default=100, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(("dense", "text", "hybrid")),
+    multiple=True,
+    help="Search modes to score (repeatable; default all three).",
+)
+@click.option("--rerank/--no-rerank", default=True, help="Also score + rerank (if one is set).")
+@click.option("--baseline", is_flag=True, help="Also score paragraphs embedded raw, exact search.")
 @_options
-def eval_(folder: str, split: str, top_k: int, **opts: Any) -> None:
-    """Measure nDCG@10, recall@100 and MRR@10 on BEIR data, retrieval and retrieval + rerank."""
+def eval_(
+    folder: str,
+    split: str,
+    top_k: int,
+    modes: tuple[str, ...],
+    rerank: bool,
+    baseline: bool,
+    **opts: Any,
+) -> None:
+    """Score retrieval on BEIR data (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
+
+    The corpus goes through `crab ingest`'s path (one Markdown file per entry, its title as
+    heading) into the collection; documents rank by their best chunk.
+    """
     from tqdm import tqdm
 
-    from .evaluate import evaluate, load_beir
+    from .evaluate import Metrics, evaluate, load_beir, mean_metrics
 
     data = load_beir(folder, split)
-    pipe = _pipeline(opts, create=True)
+    pipe = _pipeline(opts, create=True, rerank=rerank)
     bars = {
         "ingest": tqdm(total=len(data.corpus), unit="doc", desc="ingest", file=sys.stderr),
         "query": tqdm(total=len(data.qrels), unit="query", desc="query", file=sys.stderr),
     }
-    results = evaluate(data, pipe, top_k=top_k, progress=lambda stage, n: bars[stage].update(n))
+    results: dict[str, Metrics] = {}
+    if baseline:
+        from .baseline import paragraph_baseline
+
+        runs = paragraph_baseline(data.corpus, data.queries, pipe.embed_model, top=top_k)
+        results["baseline: paragraphs, exact"] = mean_metrics(
+            {q: runs[q] for q in data.qrels}, data.qrels
+        )
+    results |= evaluate(
+        data,
+        pipe,
+        top_k=top_k,
+        modes=modes or ("dense", "text", "hybrid"),
+        rerank=rerank,
+        progress=lambda stage, n: bars[stage].update(n),
+    )
     for bar in bars.values():
         bar.close()
     pipe.close()
     click.echo(
-        f"| {len(data.qrels)} queries, {len(data.corpus)} docs | nDCG@10 | recall@100 | MRR@10 |"
+        f"| {len(data.qrels)} queries, {len(data.corpus)} docs "
+        f"| hit@10 | nDCG@10 | MRR@10 | recall@{top_k} |"
     )
-    click.echo("|---|---|---|---|")
+    click.echo("|---|---|---|---|---|")
     for name, m in results.items():
-        click.echo(f"| {name} | {m.ndcg_at_10:.4f} | {m.recall_at_100:.4f} | {m.mrr_at_10:.4f} |")
+        click.echo(
+            f"| {name} | {m.hit_at_10:.4f} | {m.ndcg_at_10:.4f} | {m.mrr_at_10:.4f} "
+            f"| {m.recall_at_100:.4f} |"
+        )
 
 
 from .doctor import db, doctor  # noqa: E402

@@ -168,7 +168,7 @@ def create_collection(
     precision: str = "vector",
     m: int = 16,
     ef_construction: int = 64,
-    text_search_config: str = "simple",
+    text_search_config: str = "english",
     index: bool = True,
     exist_ok: bool = False,
 ) -> Collection:

@@ -24,6 +24,7 @@ __all__ = [
     "evaluate",
     "hit_at",
     "load_beir",
+    "mean_metrics",
     "mrr_at",
     "ndcg_at",
     "recall_at",
@@ -111,7 +112,7 @@ def mrr_at(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> f
     return 0.0
 
 
-def _mean(runs: Mapping[str, Sequence[str]], qrels: Qrels) -> Metrics:
+def mean_metrics(runs: Mapping[str, Sequence[str]], qrels: Qrels) -> Metrics:
     n = len(runs)
     return Metrics(
         ndcg_at_10=sum(ndcg_at(r, qrels[q]) for q, r in runs.items()) / max(n, 1),
@@ -178,4 +179,4 @@ def evaluate(
                 runs.setdefault(f"{mode} + rerank", {})[qid] = ranked
         if progress:
             progress("query", 1)
-    return {name: _mean(run, data.qrels) for name, run in runs.items()}
+    return {name: mean_metrics(run, data.qrels) for name, run in runs.items()}

@@ -40,12 +40,13 @@ __all__ = [
 ]
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
+# Per weight type (llama_index_crab._cpu.preferred_weights); models/PROVENANCE.md.
+BUNDLED_EMBEDDERS = {"bf16": "all-MiniLM-L6-v2-bf16.gguf", "q8_0": "all-MiniLM-L6-v2-q8_0.gguf"}
 DEFAULT_COLLECTION = "default"
 SEARCH_MODES = ("dense", "text", "hybrid")
 # Measured on tests/data/python-reference-qa (benchmarks/quality.py); see the README.
 DEFAULT_MODE = "hybrid"
-HYBRID_ALPHA = 0.5  # weight of the dense ranking in the fusion (text: 1 - alpha)
-HYBRID_TEXT_DEPTH = 20  # text candidates fused with the dense ones
+HYBRID_DEPTH = 100  # dense and text candidates fused (then cut to top_k)
 _STORE_MODES = {
     "dense": VectorStoreQueryMode.DEFAULT,
     "text": VectorStoreQueryMode.TEXT_SEARCH,
@@ -59,17 +60,56 @@ QA_PROMPT = (
 )
 
 
-def default_embed_model() -> str:
-    """``CRAB_EMBED_MODEL``, else the clone's bundled all-MiniLM-L6-v2, else the same model
-    from the Hugging Face cache, fetched there once (the ``hf`` extra)."""
+def default_embed_model(recorded: str | None = None) -> str:
+    """``CRAB_EMBED_MODEL``, else the clone's bundled all-MiniLM-L6-v2 in the weights this
+    CPU runs best (bf16 with AVX512-BF16/AMX-BF16, else q8_0), else the same model from the
+    Hugging Face cache, fetched there once (the ``hf`` extra). ``recorded``, the model a
+    collection records: a collection filled by the other bundled file keeps that file."""
     from . import _hub
 
     if os.environ.get("CRAB_EMBED_MODEL"):
         return os.environ["CRAB_EMBED_MODEL"]
-    path = BUNDLED_MODELS / _hub.BUNDLED_EMBEDDER
-    if path.exists():
+    path = bundled_embedder(recorded)
+    if path is not None:
         return str(path)
     return str(_hub.fetch(_hub.DEFAULT_EMBEDDER, "CRAB_EMBED_MODEL"))
+
+
+def bundled_embedder(recorded: str | None = None) -> Path | None:
+    """The bundled embedder file for this CPU's weights (see :mod:`._cpu`), or the bundled
+    file whose content hash ``recorded`` names (``name@hash``, as collections store it)."""
+    from . import _hub
+    from ._cpu import preferred_weights
+    from ._gguf import file_identity
+
+    first = BUNDLED_EMBEDDERS[preferred_weights()[0]]
+    names = [first, *(n for n in BUNDLED_EMBEDDERS.values() if n != first)]
+    if _hub.BUNDLED_EMBEDDER not in names:
+        names.append(_hub.BUNDLED_EMBEDDER)
+    found = [BUNDLED_MODELS / n for n in names if (BUNDLED_MODELS / n).exists()]
+    digest = (recorded or "").rpartition("@")[2]
+    for path in found if digest else []:
+        if file_identity(path).rpartition("@")[2] == digest:
+            return path
+    return found[0] if found else None
+
+
+def _recorded_model(url: str, collection: str) -> str | None:
+    """The model a collection records, or None when it does not exist (yet)."""
+    import sqlalchemy as sa
+
+    from ._db import to_url
+    from .collections import get_collection
+    from .errors import CollectionNotFoundError
+
+    engine = sa.create_engine(to_url(url))
+    try:
+        with engine.connect() as connection:
+            return get_collection(connection, collection).identity.model
+    except (CollectionNotFoundError, sa.exc.ProgrammingError):
+        return None
+    finally:
+        engine.dispose()
 
 
 def default_rerank_model() -> str | None:
@@ -233,12 +273,11 @@ class Pipeline:
         query = VectorStoreQuery(
             query_embedding=vector,
             query_str=text,
-            similarity_top_k=k,
+            similarity_top_k=max(k, HYBRID_DEPTH) if mode == "hybrid" else k,
             filters=filters,
             mode=_STORE_MODES[mode],
-            sparse_top_k=max(k, HYBRID_TEXT_DEPTH) if mode == "hybrid" else None,
+            sparse_top_k=max(k, HYBRID_DEPTH) if mode == "hybrid" else None,
             hybrid_top_k=k,
-            alpha=HYBRID_ALPHA if mode == "hybrid" else None,
         )
         result = self.store.query(query)
         timings["search"] = time.perf_counter() - start
@@ -327,11 +366,14 @@ def build_pipeline(
     """
     from .store import PostgresVectorStore
 
-    embedder = (
-        embed_model
-        if isinstance(embed_model, LlamaCppEmbedding)
-        else LlamaCppEmbedding(embed_model or default_embed_model(), n_gpu_layers=n_gpu_layers)
-    )
+    url = resolve_database_url(database_url)
+    if isinstance(embed_model, LlamaCppEmbedding):
+        embedder = embed_model
+    else:
+        # An existing collection keeps the bundled weights it was filled with (q8_0 or bf16).
+        recorded = None if embed_model else _recorded_model(url, collection)
+        chosen = embed_model or default_embed_model(recorded)
+        embedder = LlamaCppEmbedding(chosen, n_gpu_layers=n_gpu_layers)
     reranker: LlamaCppRerank | None = None
     if isinstance(rerank_model, LlamaCppRerank):
         reranker = rerank_model
@@ -340,9 +382,7 @@ def build_pipeline(
             require_rerank_model(str(rerank_model or "")), top_n=top_n, n_gpu_layers=n_gpu_layers
         )
     identity = embedder.identity()
-    store = PostgresVectorStore(
-        resolve_database_url(database_url), collection, identity=identity, read_urls=read_urls
-    )
+    store = PostgresVectorStore(url, collection, identity=identity, read_urls=read_urls)
     if create_collection:
         store.create_collection(exist_ok=True, text_search_config=text_search_config)
     return Pipeline(

@@ -13,6 +13,7 @@ from llama_index.core.vector_stores.types import (
 )
 
 from llama_index_crab._db import to_url
+from llama_index_crab._search import DEFAULT_ALPHA
 from llama_index_crab.collections import EmbeddingIdentity, build_index
 from llama_index_crab.store import PostgresVectorStore
 
@@ -232,16 +233,20 @@ def test_hybrid_fuses_ranks(indexed: tuple[PostgresVectorStore, np.ndarray]) -> 
     store, vectors = indexed
     # n3 is the nearest vector but never says walrus; n0 says walrus.
     query = VectorStoreQuery(
-        query_embedding=vectors[3].tolist(), query_str="walrus", similarity_top_k=5, mode="hybrid"
+        query_embedding=vectors[3].tolist(),
+        query_str="walrus",
+        similarity_top_k=5,
+        mode="hybrid",
+        alpha=0.5,
     )
     dense = store.query(VectorStoreQuery(query_embedding=vectors[3].tolist(), similarity_top_k=5))
     text = store.query(VectorStoreQuery(query_str="walrus", similarity_top_k=5, mode="text_search"))
     fused = store.query(query)
     assert (dense.ids or [])[0] == "n3"
     scores = {}
-    for ids in (dense.ids or [], text.ids or []):
+    for ids, weight in ((dense.ids or [], 0.5), (text.ids or [], 0.5)):
         for rank, node_id in enumerate(ids, start=1):
-            scores[node_id] = scores.get(node_id, 0.0) + 0.5 / (60 + rank)
+            scores[node_id] = scores.get(node_id, 0.0) + weight / (60 + rank)
     expected = sorted(scores, key=lambda k: (-scores[k], k))[:5]
     assert fused.ids == expected
     assert fused.similarities == pytest.approx([scores[k] for k in expected])
@@ -255,7 +260,10 @@ def test_fusion_uses_ranks_weighted_by_alpha() -> None:
 
     dense = [("a", "", {}, 0.9), ("b", "", {}, 0.8)]
     text = [("c", "", {}, 7.0), ("b", "", {}, 5.0)]
-    assert [h[0] for h in fuse(dense, text, 3, None)] == ["b", "a", "c"]
+    assert [h[0] for h in fuse(dense, text, 3, 0.5)] == ["b", "a", "c"]
     assert [h[0] for h in fuse(dense, text, 2, 1.0)] == ["a", "b"]
     assert [h[0] for h in fuse(dense, text, 2, 0.0)] == ["c", "b"]
-    assert fuse(dense, text, 1, None)[0][3] == pytest.approx(0.5 / 62 + 0.5 / 62)
+    assert fuse(dense, text, 1, 0.5)[0][3] == pytest.approx(0.5 / 62 + 0.5 / 62)
+    assert fuse(dense, text, 1, None)[0][3] == pytest.approx(
+        fuse(dense, text, 1, DEFAULT_ALPHA)[0][3]
+    )
