@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Matmul", "bert_flops", "best_matmul", "measure_matmul"]
+__all__ = ["Matmul", "bert_flops", "best_matmul", "matmul_per_core", "measure_matmul"]
 
 _PROBE = """
 import json, time
@@ -75,6 +75,51 @@ def measure_matmul(python: str = sys.executable, n: int = 2048, reps: int = 20) 
         kernel = " ".join(p for p in parts if p)
         out.append(Matmul(name, float(got["gflops"]), kernel, n))
     return out
+
+
+_PROBE_CPU = """
+import json, time
+import numpy as np
+n = {n}
+rng = np.random.default_rng(0)
+a = rng.standard_normal((n, n), dtype=np.float32)
+b = rng.standard_normal((n, n), dtype=np.float32)
+a @ b
+best = float("inf")
+for _ in range({reps}):
+    t = time.thread_time()
+    a @ b
+    best = min(best, time.thread_time() - t)
+try:
+    from threadpoolctl import threadpool_info
+    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"][:1]
+    kernel = " ".join(str(blas[0].get(k, "")) for k in ("internal_api", "version", "architecture"))
+except (ImportError, IndexError):
+    kernel = ""
+print(json.dumps({{"gflops": 2 * n**3 / best / 1e9, "kernel": kernel}}))
+"""
+
+
+def matmul_per_core(python: str = sys.executable, n: int = 1024, reps: int = 10) -> Matmul:
+    """numpy float32 matmul on one OpenBLAS thread, timed in that thread's CPU time.
+
+    On a machine shared with other jobs wall time says how long the scheduler made us wait;
+    CPU time of one thread says what a core does, the figure kernels are compared with.
+    OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset so OpenBLAS picks its own kernel.
+    """
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    }
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [python, "-c", _PROBE_CPU.format(n=n, reps=reps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    got = json.loads(proc.stdout)
+    return Matmul("1 thread, CPU time", float(got["gflops"]), got["kernel"], n)
 
 
 def best_matmul(*runs: list[Matmul]) -> list[Matmul]:

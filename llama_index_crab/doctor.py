@@ -51,6 +51,7 @@ def doctor(
     def embedder() -> str:
         model = LlamaCppEmbedding(embed_model or default_embed_model())
         state["identity"] = model.identity()
+        state["embed_path"] = model.model_path
         return f"{model.model_name}, pooling {model.resolved_pooling}, {model.dimension}-dim"
 
     def reranker() -> str:
@@ -107,15 +108,30 @@ def doctor(
             raise RuntimeError(f"database at {at!r}, package needs {head!r}; run: crab migrate")
         return f"at {head}"
 
+    def weights() -> str:
+        from ._cpu import preferred_weights
+
+        kind, why = preferred_weights()
+        return f"{kind} for the bundled embedder: {why}"
+
     def collection_check() -> str:
         with engine().connect() as c:
             found = get_collection(c, collection)
-        if "identity" in state:
-            found.check(state["identity"])  # type: ignore[arg-type]
-        return f"{collection!r}: {found.identity.describe()}"
+        note = ""
+        identity = state.get("identity")
+        if identity is not None and not embed_model:
+            # As build_pipeline does: a collection keeps the bundled weights it was filled with.
+            kept = default_embed_model(found.identity.model)
+            if kept != state.get("embed_path"):
+                identity = LlamaCppEmbedding(kept).identity()
+                note = f"; uses {os.path.basename(kept)}, the weights it was filled with"
+        if identity is not None:
+            found.check(identity)  # type: ignore[arg-type]
+        return f"{collection!r}: {found.identity.describe()}{note}"
 
     for name, check in [
         ("embedding model", embedder),
+        ("weights", weights),
         ("reranker", reranker),
         ("chat model", chat),
         ("database", database),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _models import EMBEDDER_Q8, RERANKER_Q8, embedder_files, reference, shared
+from _models import EMBEDDER_IDS, EMBEDDER_Q8, RERANKER_Q8, embedder_files, reference, shared
 
 from llama_index_crab import (
     EmbeddingModeError,
@@ -32,7 +32,7 @@ def q8() -> LlamaCppEmbedding:
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
-@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=["f16", "q8_0"])
+@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=EMBEDDER_IDS)
 def test_parity_with_pytorch_reference(model_file: Path, threshold: float, pooling: str) -> None:
     texts = reference("embeddings.json")["texts"]
     with LlamaCppEmbedding(model_file, pooling=pooling, allow_empty=True) as emb:
@@ -43,7 +43,7 @@ def test_parity_with_pytorch_reference(model_file: Path, threshold: float, pooli
     assert len(worst) == 40  # hangul_ko and long_over_512 included
 
 
-@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=["f16", "q8_0"])
+@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=EMBEDDER_IDS)
 def test_token_level_parity(model_file: Path, threshold: float) -> None:
     texts = [t for t in reference("embeddings.json")["texts"] if "token_embeddings" in t]
     with LlamaCppEmbedding(model_file) as emb:
@@ -86,7 +86,7 @@ def mixed_texts(n: int) -> list[str]:
 
 # q8_0 kernels quantise activations differently for different batch shapes, so the
 # quantised file is held to 0.999; the f16 file to the 0.9999.
-@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=["f16", "q8_0"])
+@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=EMBEDDER_IDS)
 def test_batched_equals_one_at_a_time(model_file: Path, threshold: float) -> None:
     texts = mixed_texts(70)
     with LlamaCppEmbedding(model_file) as emb:

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 import pytest
-from _models import EMBEDDER_Q8, RERANKER_Q8, reference, shared
+from _models import EMBEDDER_Q8, RERANKER_Q8, bf16_copy, reference, shared
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
 from llama_index_crab import LlamaCppRerank, PoolingError
@@ -57,6 +57,14 @@ def test_q8_scores_within_quantisation_margin() -> None:
     got = score_all(model)
     model.close()
     assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.5
+
+
+def test_bf16_scores_match_pytorch_pair_encoding(tmp_path: Path) -> None:
+    # bf16 keeps 8 mantissa bits against f16's 11: held to 0.1 logit (q8_0: 0.5).
+    model = LlamaCppRerank(bf16_copy(shared(F16), tmp_path), scores="raw")
+    got = score_all(model)
+    model.close()
+    assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.1
 
 
 def test_probability_is_sigmoid_of_logit(f16: LlamaCppRerank) -> None:

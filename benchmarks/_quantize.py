@@ -1,0 +1,69 @@
+"""bf16 GGUFs made from the f16 ones with llama.cpp's own quantize API (issue #17).
+
+``.venv/bin/python -m benchmarks._quantize`` writes ``models/all-MiniLM-L6-v2-bf16.gguf`` (the
+embedder we carry) from ``../shared/models`` and prints the provenance lines for
+``models/PROVENANCE.md``. The bf16 toy reranker is not carried: the benchmarks and tests make it
+on the fly with :func:`to_bf16` (about a second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+__all__ = ["SHARED", "cached", "sha256", "to_bf16"]
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "models"
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def to_bf16(src: Path, dst: Path, nthread: int = 2, ftype: str = "bf16") -> Path:
+    """Requantize the f16 GGUF ``src`` to ``dst`` with ftype LLAMA_FTYPE_MOSTLY_BF16
+    (``ftype="f32"``: LLAMA_FTYPE_ALL_F32, for the kernel benchmark only)."""
+    import llama_cpp
+
+    from llama_index_crab._llama import _install_log_callback
+
+    _install_log_callback()
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = (
+        llama_cpp.LLAMA_FTYPE_ALL_F32 if ftype == "f32" else llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
+    )
+    params.nthread = nthread
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".tmp")
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize({src}) failed with code {rc}")
+    tmp.replace(dst)
+    return dst
+
+
+def cached(f16: Path, ftype: str = "bf16", cache: Path = CACHE) -> Path:
+    """A bf16 (or f32) copy of ``f16`` in ``cache``, made once (named after its hash)."""
+    name = f16.name.replace("-f16", f"-{ftype}")
+    dst = cache / f"{sha256(f16)[:12]}-{name}"
+    return dst if dst.exists() else to_bf16(f16, dst, ftype=ftype)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def main() -> None:
+    src = SHARED / "all-MiniLM-L6-v2-f16.gguf"
+    dst = ROOT / "models" / "all-MiniLM-L6-v2-bf16.gguf"
+    to_bf16(src, dst)
+    print(f"{dst.name}: {dst.stat().st_size:,} bytes, sha256 {sha256(dst)}")
+    print(f"source {src.name}: sha256 {sha256(src)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
