@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from llama_index_crab._db import to_url
 from llama_index_crab.cli import main
+from llama_index_crab.pipeline import bundled_embedder
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 TOPICS = ["with", "yield", "pass", "break", "continue", "global"]
@@ -117,7 +118,9 @@ def test_collections_lists_model_and_count(
     assert cli.invoke(main, ["ingest", str(corpus)]).exit_code == 0
     result = cli.invoke(main, ["collections"])
     line = next(l for l in result.output.splitlines() if l.startswith(collection_name))
-    assert "all-MiniLM-L6-v2-q8_0.gguf@" in line and "384-dim" in line and "indexed" in line
+    bundled = bundled_embedder()  # bf16 or q8_0, by the CPU's flags
+    assert bundled is not None and f"{bundled.name}@" in line
+    assert "384-dim" in line and "indexed" in line
 
 
 def test_embed_and_rerank_commands() -> None:
