@@ -81,6 +81,7 @@ def test_without_the_hf_extra_the_error_names_it(monkeypatch: pytest.MonkeyPatch
         _hub.fetch(_hub.DEFAULT_EMBEDDER, "CRAB_EMBED_MODEL")
 
 
+@pytest.mark.slow
 def test_ingest_and_query_use_the_cached_default(
     tmp_path: Path, database_url: str, collection_name: str
 ) -> None:
