@@ -6,6 +6,7 @@ import importlib.util
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +84,15 @@ class LlamaCppChat(CustomLLM, GpuOptions):
             from llama_cpp import Llama
 
             _install_log_callback()
-            self._llm = Llama(
-                model_path=self.model_path,
-                n_ctx=self.context_window,
-                n_threads=self.n_threads,
-                seed=self.seed,
-                verbose=False,
-                **self.gpu_options(),
-            )
+            with _model_params_as_ours():
+                self._llm = Llama(
+                    model_path=self.model_path,
+                    n_ctx=self.context_window,
+                    n_threads=self.n_threads,
+                    seed=self.seed,
+                    verbose=False,
+                    **self.gpu_options(),
+                )
         return self._llm
 
     def close(self) -> None:
@@ -149,3 +151,24 @@ class LlamaCppChat(CustomLLM, GpuOptions):
 
 def _user(prompt: str) -> ChatMessage:
     return ChatMessage(role=MessageRole.USER, content=prompt)
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+@contextmanager
+def _model_params_as_ours() -> Iterator[None]:
+    """``Llama(...)`` builds its own ``llama_model_params``; while it loads, they start from
+    ours (no AMX weight buffers on CPUs that report AMX: see ``_llama.model_params``)."""
+    import llama_cpp.llama as high_level
+
+    from ._llama import model_params
+
+    module = high_level.llama_cpp
+    original = module.llama_model_default_params
+    with _PATCH_LOCK:
+        module.llama_model_default_params = lambda: model_params()[0]
+        try:
+            yield
+        finally:
+            module.llama_model_default_params = original
