@@ -87,7 +87,7 @@ def ingest_paths(
     chunk_overlap: int | None = None,
     batch_chunks: int = 512,
     progress: Progress | None = None,
-    whole: bool = True,
+    whole: bool = False,
     title: bool = True,
     prune: bool = True,
 ) -> IngestReport:
@@ -162,11 +162,13 @@ def splitter_for(
     chunk_size: int | None = None,
     chunk_overlap: int | None = None,
     *,
-    whole: bool = True,
+    whole: bool = False,
     title: bool = True,
 ) -> Chunker:
-    """How ingest chunks: pieces of ``chunk_size`` model tokens (default ``CHUNK_SIZE``),
-    a document that fits the model's context whole (``whole=True``) kept as one chunk."""
+    """How ingest chunks: pieces of ``chunk_size`` model tokens (default ``CHUNK_SIZE``, the
+    sequence length the default model was trained for), so a document that fits stays one
+    chunk. ``whole=True`` also keeps documents up to the GGUF's full context whole
+    (measured worse for all-MiniLM-L6-v2: nDCG@10 0.778 vs 0.794)."""
     from llama_index.core.node_parser import SentenceSplitter
 
     runner = embed_model.runner

@@ -193,12 +193,18 @@ class Pipeline:
         return VectorStoreIndex.from_vector_store(self.store, embed_model=self.embed_model)
 
     def as_retriever(self, **kwargs: Any) -> BaseRetriever:
+        """LlamaIndex's retriever over the store, in the pipeline's search mode."""
         kwargs.setdefault("similarity_top_k", self.similarity_top_k)
+        kwargs.setdefault("vector_store_query_mode", _STORE_MODES[self.mode])
         return self.index.as_retriever(**kwargs)
 
     def as_query_engine(self, **kwargs: Any) -> RetrieverQueryEngine:
-        """Retrieve ``similarity_top_k``, rerank to ``top_n``, answer with the LLM."""
-        kwargs.setdefault("similarity_top_k", self.similarity_top_k)
+        """LlamaIndex's query engine: retrieve in the pipeline's mode, rerank
+        ``similarity_top_k`` to ``top_n`` if there is a reranker (else retrieve ``top_n``),
+        answer with ``llm=`` (default: the chat model)."""
+        top = self.similarity_top_k if self.reranker is not None else self.top_n
+        kwargs.setdefault("similarity_top_k", top)
+        kwargs.setdefault("vector_store_query_mode", _STORE_MODES[self.mode])
         kwargs.setdefault("node_postprocessors", [self.reranker] if self.reranker else [])
         kwargs.setdefault("llm", self.llm)
         return self.index.as_query_engine(**kwargs)  # type: ignore[return-value]
