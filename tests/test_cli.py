@@ -140,6 +140,7 @@ def test_doctor_reports_each_check(cli: CliRunner, corpus: Path) -> None:
     assert result.exit_code == 0, result.output
     for name in (
         "embedding model",
+        "weights",
         "reranker",
         "chat model",
         "database",

@@ -60,3 +60,19 @@ def test_doctor_reports_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(doctor, ["--database-url", "postgresql://nobody@/nowhere"])
     kind, why = preferred_weights()
     assert f"ok   weights: {kind} for the bundled embedder: {why}" in result.output
+
+
+def test_doctor_accepts_a_collection_filled_with_the_other_weights(
+    database_url: str, collection_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llama_index_crab.doctor import doctor
+
+    monkeypatch.delenv("CRAB_EMBED_MODEL", raising=False)
+    other = EMBEDDER_Q8 if preferred_weights()[0] == "bf16" else EMBEDDER_BF16
+    identity = EmbeddingIdentity(file_identity(other), 384, "mean")
+    with PostgresVectorStore(database_url, collection_name, identity) as store:
+        store.create_collection()
+    args = ["--database-url", database_url, "--collection", collection_name]
+    result = CliRunner().invoke(doctor, args)
+    assert f"ok   collection: {collection_name!r}" in result.output
+    assert f"uses {other.name}, the weights it was filled with" in result.output
