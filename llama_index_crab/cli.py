@@ -293,12 +293,12 @@ def _search_options(f: F) -> F:
 
     f = click.option(
         "--top-k",
-        type=click.IntRange(min=1, max=10_000),
+        type=click.IntRange(min=1, max=2**31 - 1),
         help="Candidates the reranker scores (default 100); without reranking, results shown.",
     )(f)
     f = click.option(
         "--top-n",
-        type=click.IntRange(min=1, max=10_000),
+        type=click.IntRange(min=1, max=2**31 - 1),
         help="Results shown (default 5).",
     )(f)
     f = click.option(

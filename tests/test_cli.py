@@ -127,11 +127,19 @@ def test_embed_and_rerank_commands() -> None:
     runner = CliRunner()
     vector = json.loads(runner.invoke(main, ["embed", "hello world"]).output)
     assert len(vector) == 384
-    result = runner.invoke(
-        main, ["rerank", "database joins", "cats purr", "SQL joins combine tables"]
-    )
+    toy = str(ROOT / "models" / "minilm-toy-reranker-q8_0.gguf")
+    args = ["rerank", "database joins", "cats purr", "SQL joins combine tables"]
+    result = runner.invoke(main, [*args, "--rerank-model", toy])
     assert result.exit_code == 0
     assert result.output.splitlines()[0].endswith("SQL joins combine tables")
+
+
+def test_no_reranker_is_a_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRAB_RERANK_MODEL", raising=False)
+    result = CliRunner().invoke(main, ["rerank", "database joins", "cats purr"])
+    assert result.exit_code == 1
+    assert "no reranker given: pass --rerank-model" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_doctor_reports_each_check(cli: CliRunner, corpus: Path) -> None:
