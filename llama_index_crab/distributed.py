@@ -1,6 +1,6 @@
 """Ingest on a Ray cluster: the same documents, chunks and vectors as ``crab ingest``.
 
-The driver lists the files and the hashes already stored; Ray tasks read and chunk
+The driver lists the files and the hashes already stored; reader actors read and chunk
 (unchanged files are skipped there, as in a single-process run); a pool of embedding
 actors, spread over the cluster's nodes, loads the model once each; a few writer actors
 (one database connection each) write every batch of whole documents in one transaction
@@ -149,14 +149,15 @@ class _Run:
         embedder = ray.remote(_ray_workers.Embedder).options(
             num_cpus=cpus, scheduling_strategy="SPREAD", **actor
         )
-        # Writers and read tasks take no CPU slot: they are a few % of the work, and the
-        # driver keeps only a few read tasks ahead of the embedding actors.
+        # Readers and writers take no CPU slot: they are a few % of the work, and the
+        # driver keeps only one read per embedding actor ahead of it.
         writer = ray.remote(_ray_workers.Writer).options(num_cpus=0, **actor)
-        self.read = ray.remote(_ray_workers.read_and_chunk).options(
-            num_cpus=0, num_returns=2, max_retries=retries
+        reader = ray.remote(_ray_workers.Reader).options(
+            num_cpus=0, scheduling_strategy="SPREAD", **actor
         )
         url = store.client.url.render_as_string(hide_password=False)
         self.embedders = [embedder.remote(spec, cpus) for _ in range(count)]
+        self.readers = [reader.remote() for _ in range(count)]
         self.writers = [
             writer.remote(url, store.collection_name, store._identity, store.normalize)
             for _ in range(writers)
@@ -183,13 +184,12 @@ class _Run:
         busy = [0] * len(self.embedders)
         writing: dict[Any, int] = {}  # write summary -> writer
         queued = [0] * len(self.writers)
-        # Each read task running at once may cost a worker process (imports, tokenizer):
-        # one per embedding actor keeps ahead of them, reading is ~3 % of the work.
-        ahead = len(self.embedders)
+        ahead = len(self.embedders)  # reads in flight: reading is ~3 % of the work
         try:
             while tasks or reads or self.pending or self.units or embedding or writing:
                 while tasks and len(reads) < ahead and len(self.units) <= IN_FLIGHT * ahead:
-                    head, body = self.read.remote(
+                    read = self.readers[len(tasks) % len(self.readers)].read
+                    head, body = read.options(num_returns=2).remote(
                         tasks.popleft(), known_ref, self.spec, self.chunking, roots
                     )
                     reads.append((head, body))
@@ -226,7 +226,7 @@ class _Run:
                     if progress is not None:
                         progress(len(written["docs"]), written["chunks"])
         finally:
-            for handle in [*self.embedders, *self.writers]:
+            for handle in [*self.readers, *self.embedders, *self.writers]:
                 ray.kill(handle)  # a write cut short rolls back: documents stay whole
 
     def _batch(
