@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/bench_sizing.py [--rows 1000000] [--url URL]
 
-Run on demand (about an hour at 1M rows on 2 cores), not by the test suite. Both
+Run on demand (about 1.5 hours at 1M rows on 2 busy cores), not by the test suite. Both
 collections hold the same clustered vectors (see ``bench_store.clustered``), are loaded
 with ``PostgresVectorStore.add`` without an index, then indexed by ``build_index`` with
 ``maintenance_work_mem=1GB`` and parallel workers. Measured: heap and index sizes, build
 time (and where the graph stopped fitting in memory), query p50/p95 and recall@10 against
 exact search at two ``ef_search`` values. Writes benchmarks/results/sizing-DATE.{md,json}.
+
+At 1M × 384 the ``vector`` graph needs ~2 GB: with 1GB the build spills to disk at ~0.5M
+rows and runs ~5× slower from there; docs/scaling.md used ``--build-memory 3GB``.
 """
 
 from __future__ import annotations
