@@ -88,7 +88,7 @@ def ingest_paths(
     batch_chunks: int = 512,
     progress: Progress | None = None,
     whole: bool = False,
-    title: bool = True,
+    title: bool = False,
     prune: bool = True,
 ) -> IngestReport:
     """Ingest files and folders into ``store``; unchanged files are skipped.
@@ -163,7 +163,7 @@ def splitter_for(
     chunk_overlap: int | None = None,
     *,
     whole: bool = False,
-    title: bool = True,
+    title: bool = False,
 ) -> Chunker:
     """How ingest chunks: pieces of ``chunk_size`` model tokens (default ``CHUNK_SIZE``, the
     sequence length the default model was trained for), so a document that fits stays one
