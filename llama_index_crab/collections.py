@@ -155,7 +155,8 @@ def get_collection(connection: sa.Connection, name: str) -> Collection:
     if row is None:
         raise CollectionNotFoundError(
             f"no collection named {name!r}; see `crab collections`, or create it by "
-            f"ingesting into it: `crab ingest PATH --collection {name!r}`"
+            f"ingesting into it: `crab ingest PATH --collection {name!r}` "
+            "(from Python: store.create_collection())"
         )
     return _row_to_collection(row)
 
