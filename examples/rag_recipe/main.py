@@ -1,10 +1,13 @@
-"""RAG with LlamaIndex: llama.cpp embeddings + pgvector store + reranker + a local chat model.
+"""RAG with LlamaIndex: llama.cpp embeddings + pgvector store (+ a reranker) + a local chat model.
 
-Uses $CRAB_DATABASE_URL, or starts the embedded PostgreSQL when it is unset.
+Uses $CRAB_DATABASE_URL, or starts the embedded PostgreSQL when it is unset. A reranker
+reranks only when you give a real one in $CRAB_RERANK_MODEL (the bundled one is a toy).
+SmolLM2-135M is small: for answers that stay on their sources use `crab ask` (quoted).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,17 +28,19 @@ store.clear()
 
 files = [str(ROOT / "examples" / "corpus" / "python-reference" / f"{t}.md") for t in TOPICS]
 documents = SimpleDirectoryReader(input_files=files).load_data()
+for document in documents:  # the reader's paths, sizes and dates are not content
+    document.excluded_embed_metadata_keys = list(document.metadata)
+    document.excluded_llm_metadata_keys = list(document.metadata)
 index = VectorStoreIndex.from_documents(
     documents,
     storage_context=StorageContext.from_defaults(vector_store=store),
     embed_model=embed_model,
     transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=32)],  # fits MiniLM's 512
 )
+reranker = os.environ.get("CRAB_RERANK_MODEL")
 engine = index.as_query_engine(
-    similarity_top_k=20,
-    node_postprocessors=[
-        LlamaCppRerank(ROOT / "models" / "minilm-toy-reranker-q8_0.gguf", top_n=3)
-    ],
+    similarity_top_k=20 if reranker else 3,
+    node_postprocessors=[LlamaCppRerank(reranker, top_n=3)] if reranker else [],
     llm=LlamaCppChat(max_tokens=128),
 )
 response = engine.query(question)
