@@ -94,22 +94,28 @@ def bundled_embedder(recorded: str | None = None) -> Path | None:
     return found[0] if found else None
 
 
-def _recorded_model(url: str, collection: str) -> str | None:
-    """The model a collection records, or None when it does not exist (yet)."""
+def _recorded_model(urls: Sequence[str], collection: str) -> str | None:
+    """The model a collection records, or None when it does not exist (yet), asked of the
+    first of ``urls`` that answers (read replicas first, then the primary)."""
     import sqlalchemy as sa
 
     from ._db import to_url
     from .collections import get_collection
     from .errors import CollectionNotFoundError
 
-    engine = sa.create_engine(to_url(url))
-    try:
-        with engine.connect() as connection:
-            return get_collection(connection, collection).identity.model
-    except (CollectionNotFoundError, sa.exc.ProgrammingError):
-        return None
-    finally:
-        engine.dispose()
+    for i, url in enumerate(urls):
+        engine = sa.create_engine(to_url(url))
+        try:
+            with engine.connect() as connection:
+                return get_collection(connection, collection).identity.model
+        except (CollectionNotFoundError, sa.exc.ProgrammingError):
+            return None
+        except sa.exc.OperationalError:
+            if i == len(urls) - 1:
+                raise
+        finally:
+            engine.dispose()
+    return None
 
 
 def default_rerank_model() -> str | None:
@@ -377,7 +383,7 @@ def build_pipeline(
         embedder = embed_model
     else:
         # An existing collection keeps the bundled weights it was filled with (q8_0 or bf16).
-        recorded = None if embed_model else _recorded_model(url, collection)
+        recorded = None if embed_model else _recorded_model([*read_urls, url], collection)
         chosen = embed_model or default_embed_model(recorded)
         embedder = LlamaCppEmbedding(chosen, n_gpu_layers=n_gpu_layers)
     reranker: LlamaCppRerank | None = None
