@@ -160,15 +160,14 @@ _PATCH_LOCK = threading.Lock()
 def _model_params_as_ours() -> Iterator[None]:
     """``Llama(...)`` builds its own ``llama_model_params``; while it loads, they start from
     ours (no AMX weight buffers on CPUs that report AMX: see ``_llama.model_params``)."""
-    import llama_cpp.llama as high_level
+    import llama_cpp.llama_cpp as low_level  # what llama_cpp.Llama calls them through
 
     from ._llama import model_params
 
-    module = high_level.llama_cpp
-    original = module.llama_model_default_params
+    original = low_level.llama_model_default_params
     with _PATCH_LOCK:
-        module.llama_model_default_params = lambda: model_params()[0]
+        setattr(low_level, "llama_model_default_params", lambda: model_params()[0])  # noqa: B010
         try:
             yield
         finally:
-            module.llama_model_default_params = original
+            setattr(low_level, "llama_model_default_params", original)  # noqa: B010
