@@ -271,8 +271,8 @@ class Pipeline:
             k = self.similarity_top_k if top_k is None else top_k
             n = self.top_n if top_n is None else top_n
         else:
-            n = top_n or top_k or self.top_n
-            k = top_k or n
+            n = top_n if top_n is not None else top_k if top_k is not None else self.top_n
+            k = top_k if top_k is not None else n
         if k < 1 or n < 1:
             raise ValueError(f"top_k and top_n must be ≥ 1, got {k}, {n}")
         timings: dict[str, float] = {}
