@@ -99,7 +99,7 @@ def _recorded_model(urls: Sequence[str], collection: str) -> str | None:
     first of ``urls`` that answers (read replicas first, then the primary)."""
     import sqlalchemy as sa
 
-    from ._db import to_url
+    from ._db import to_url, translated
     from .collections import get_collection
     from .errors import CollectionNotFoundError
 
@@ -110,9 +110,9 @@ def _recorded_model(urls: Sequence[str], collection: str) -> str | None:
                 return get_collection(connection, collection).identity.model
         except (CollectionNotFoundError, sa.exc.ProgrammingError):
             return None
-        except sa.exc.OperationalError:
+        except sa.exc.OperationalError as exc:
             if i == len(urls) - 1:
-                raise
+                raise translated(exc, to_url(url)) from exc
         finally:
             engine.dispose()
     return None
