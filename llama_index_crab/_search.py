@@ -146,7 +146,8 @@ def text(
         .scalar_subquery()
     )
     idf = sa.func.ln(1.0 + (total - frequency + 0.5) / (frequency + 0.5))
-    weighted = sa.select(terms.c.q, idf.label("idf")).subquery("weighted")
+    # Materialized: one document-frequency count per term, not one per matching row.
+    weighted = sa.select(terms.c.q, idf.label("idf")).cte("weighted").prefix_with("MATERIALIZED")
     rank = sa.func.ts_rank(nodes.c.text_search, weighted.c.q, 1, type_=sa.Float)
     scores = (
         sa.select(
