@@ -92,7 +92,6 @@ def run(quick: bool = False, sweep: bool = False) -> str:
             migrate.upgrade(url)
             pipe = build_pipeline(embed, database_url=url, collection="quality")
             seconds = _ingest(pipe)
-            chunks = pipe.store.client
             for mode in MODES:
                 rows.append(
                     [f"`crab query --mode {mode}`", *_metrics(_runs(pipe, data, mode), data.qrels)]
@@ -110,7 +109,6 @@ def run(quick: bool = False, sweep: bool = False) -> str:
             )
             sections.append(table(["mode", "embed ms", "search ms"], latency))
             sections.append(f"_ingest of the corpus: {seconds:.1f} s._")
-            del chunks
             if sweep:
                 sections.append(_sweep(embed, url, data, quick))
             pipe.store.close()

@@ -9,7 +9,7 @@ database. Documents rank by their best piece among the top ones.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = ["paragraph_baseline", "paragraphs"]
 
+Tokenize = Callable[[str], list[int]]
 
-def paragraphs(text: str, tokenize: object, max_tokens: int) -> list[str]:
+
+def paragraphs(text: str, tokenize: Tokenize, max_tokens: int) -> list[str]:
     """``text`` split at blank lines; a paragraph over ``max_tokens`` tokens is split into
     pieces of whole lines (or whole words, for one long line) that fit."""
     out: list[str] = []
@@ -29,7 +31,7 @@ def paragraphs(text: str, tokenize: object, max_tokens: int) -> list[str]:
             continue
         piece: list[str] = []
         for unit in _units(block, tokenize, max_tokens):
-            if piece and len(tokenize("\n".join([*piece, unit]))) > max_tokens:  # type: ignore[operator]
+            if piece and len(tokenize("\n".join([*piece, unit]))) > max_tokens:
                 out.append("\n".join(piece))
                 piece = []
             piece.append(unit)
@@ -38,10 +40,10 @@ def paragraphs(text: str, tokenize: object, max_tokens: int) -> list[str]:
     return out
 
 
-def _units(block: str, tokenize: object, max_tokens: int) -> list[str]:
+def _units(block: str, tokenize: Tokenize, max_tokens: int) -> list[str]:
     units: list[str] = []
     for line in block.splitlines():
-        if len(tokenize(line)) <= max_tokens:  # type: ignore[operator]
+        if len(tokenize(line)) <= max_tokens:
             units.append(line)
             continue
         words = line.split()

@@ -322,15 +322,15 @@ def _search_options(f: F) -> F:
     return _options(f)
 
 
-def _search(pipe: Any, text: str, opts: dict[str, Any], filters: tuple[str, ...]) -> Any:
-    return pipe.search(
-        text,
-        top_k=opts["top_k"],
-        top_n=opts["top_n"],
-        filters=_filters(filters),
-        rerank=not opts["no_rerank"],
-        mode=opts["mode"],
-    )
+def _search_args(opts: dict[str, Any], filters: tuple[str, ...]) -> dict[str, Any]:
+    """The search options of `crab query` and `crab ask` as ``Pipeline.search`` takes them."""
+    return {
+        "top_k": opts["top_k"],
+        "top_n": opts["top_n"],
+        "filters": _filters(filters),
+        "rerank": not opts["no_rerank"],
+        "mode": opts["mode"],
+    }
 
 
 def _stages(result: Any, pipe: Any) -> str:
@@ -349,7 +349,7 @@ def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> No
     from .pipeline import source_name
 
     pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
-    result = _search(pipe, text, opts, filters)
+    result = pipe.search(text, **_search_args(opts, filters))
     stages = _stages(result, pipe)
     pipe.close()
     rows = [
@@ -394,14 +394,7 @@ def ask(
         from .chat import LlamaCppChat
 
         pipe._llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=opts["n_gpu_layers"])
-    found, answer = pipe.ask(
-        question,
-        top_k=opts["top_k"],
-        top_n=opts["top_n"],
-        filters=_filters(filters),
-        rerank=not opts["no_rerank"],
-        mode=opts["mode"],
-    )
+    found, answer = pipe.ask(question, **_search_args(opts, filters))
     sources = [
         (i, source_name(hit), float(hit.score or 0.0), " ".join(hit.node.get_content().split()))
         for i, hit in enumerate(found.hits, 1)
