@@ -1,15 +1,16 @@
-"""Which weight type suits this CPU: bf16 where it has bf16 dot products, else q8_0."""
+"""Which weight type suits this CPU: float32 where llama.cpp's f32 matmuls have AVX-512,
+else q8_0 (``benchmarks/kernels.py`` measures them; ``docs/performance.md`` has the numbers)."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
 
-__all__ = ["BF16_FLAGS", "cpu_flags", "preferred_weights"]
+__all__ = ["F32_FLAGS", "cpu_flags", "preferred_weights"]
 
-# llama.cpp multiplies bf16 weights with AVX512-BF16 dot products (AMX-BF16 CPUs have them
-# too); elsewhere bf16 is converted to f32 and q8_0 is the faster choice.
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# With AVX-512, llama.cpp's float32 matmuls (tinyBLAS, no conversion per block) ran a small
+# BERT 1.41x faster than q8_0 and 1.29x faster than bf16, bf16 dot products included.
+F32_FLAGS = ("avx512f",)
 
 
 @functools.cache
@@ -26,9 +27,9 @@ def cpu_flags() -> frozenset[str]:
 
 
 def preferred_weights(flags: Iterable[str] | None = None) -> tuple[str, str]:
-    """``("bf16" | "q8_0", why)`` for a CPU with these flags (this machine's by default)."""
+    """``("f32" | "q8_0", why)`` for a CPU with these flags (this machine's by default)."""
     have = cpu_flags() if flags is None else frozenset(flags)
-    found = [f for f in BF16_FLAGS if f in have]
+    found = [f for f in F32_FLAGS if f in have]
     if found:
-        return "bf16", f"the CPU has {' and '.join(found)}"
-    return "q8_0", f"the CPU has none of {', '.join(BF16_FLAGS)}"
+        return "f32", f"the CPU has {' and '.join(found)} (float32 matmuls measured fastest)"
+    return "q8_0", f"the CPU has none of {', '.join(F32_FLAGS)}"

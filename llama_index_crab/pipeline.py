@@ -40,8 +40,13 @@ __all__ = [
 ]
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
-# Per weight type (llama_index_crab._cpu.preferred_weights); models/PROVENANCE.md.
-BUNDLED_EMBEDDERS = {"bf16": "all-MiniLM-L6-v2-bf16.gguf", "q8_0": "all-MiniLM-L6-v2-q8_0.gguf"}
+# Per weight type (llama_index_crab._cpu.preferred_weights); models/PROVENANCE.md. The f32
+# weights are a float32 copy of the bf16 file, made once in the cache (not carried: 91 MB).
+BUNDLED_EMBEDDERS = {
+    "f32": "all-MiniLM-L6-v2-bf16.gguf",
+    "bf16": "all-MiniLM-L6-v2-bf16.gguf",
+    "q8_0": "all-MiniLM-L6-v2-q8_0.gguf",
+}
 DEFAULT_COLLECTION = "default"
 SEARCH_MODES = ("dense", "text", "hybrid")
 # Measured on tests/data/python-reference-qa (benchmarks/quality.py); see the README.
@@ -62,36 +67,50 @@ QA_PROMPT = (
 
 def default_embed_model(recorded: str | None = None) -> str:
     """``CRAB_EMBED_MODEL``, else the clone's bundled all-MiniLM-L6-v2 in the weights this
-    CPU runs best (bf16 with AVX512-BF16/AMX-BF16, else q8_0), else the same model from the
-    Hugging Face cache, fetched there once (the ``hf`` extra). ``recorded``, the model a
-    collection records: a collection filled by the other bundled file keeps that file."""
+    CPU runs best (:mod:`._cpu`: a float32 copy of the bundled bf16 file on x86 CPUs with
+    AVX-512, else q8_0), else the same model from the Hugging Face cache, fetched there once
+    (the ``hf`` extra). ``recorded``, the model a collection records: a collection filled by
+    other bundled weights keeps them."""
     from . import _hub
+    from ._cpu import preferred_weights
+    from ._widen import f32_copy
 
     if os.environ.get("CRAB_EMBED_MODEL"):
         return os.environ["CRAB_EMBED_MODEL"]
     path = bundled_embedder(recorded)
     if path is not None:
         return str(path)
-    return str(_hub.fetch(_hub.DEFAULT_EMBEDDER, "CRAB_EMBED_MODEL"))
+    fetched = _hub.fetch(_hub.DEFAULT_EMBEDDER, "CRAB_EMBED_MODEL")
+    return str(f32_copy(fetched) if preferred_weights()[0] == "f32" else fetched)
 
 
 def bundled_embedder(recorded: str | None = None) -> Path | None:
-    """The bundled embedder file for this CPU's weights (see :mod:`._cpu`), or the bundled
-    file whose content hash ``recorded`` names (``name@hash``, as collections store it)."""
-    from . import _hub
+    """The bundled embedder in this CPU's weights (see :mod:`._cpu`; for f32, the float32
+    copy of the bundled bf16 file, made once in the cache), or the bundled weights whose
+    content hash ``recorded`` names (``name@hash``, as collections store it)."""
     from ._cpu import preferred_weights
     from ._gguf import file_identity
 
-    first = BUNDLED_EMBEDDERS[preferred_weights()[0]]
-    names = [first, *(n for n in BUNDLED_EMBEDDERS.values() if n != first)]
-    if _hub.BUNDLED_EMBEDDER not in names:
-        names.append(_hub.BUNDLED_EMBEDDER)
-    found = [BUNDLED_MODELS / n for n in names if (BUNDLED_MODELS / n).exists()]
-    digest = (recorded or "").rpartition("@")[2]
+    first = preferred_weights()[0]
+    kinds = [first, *(k for k in BUNDLED_EMBEDDERS if k != first)]
+    name, _, digest = (recorded or "").rpartition("@")
+    # A float32 copy is made only when it is the choice or a collection records one.
+    if first != "f32" and not name.endswith("-f32.gguf"):
+        kinds.remove("f32")
+    found = [p for p in map(_bundled, kinds) if p is not None]
     for path in found if digest else []:
         if file_identity(path).rpartition("@")[2] == digest:
             return path
     return found[0] if found else None
+
+
+def _bundled(kind: str) -> Path | None:
+    from ._widen import f32_copy
+
+    path = BUNDLED_MODELS / BUNDLED_EMBEDDERS[kind]
+    if not path.exists():
+        return None
+    return f32_copy(path) if kind == "f32" else path
 
 
 def _recorded_model(urls: Sequence[str], collection: str) -> str | None:

@@ -67,6 +67,16 @@ def test_bf16_scores_match_pytorch_pair_encoding(tmp_path: Path) -> None:
     assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.1
 
 
+def test_f32_weights_score_as_pytorch_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # weights="f32" loads a float32 copy of the f16 file (made in the cache): f16's bar holds.
+    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path))
+    model = LlamaCppRerank(shared(F16), scores="raw", weights="f32")
+    assert Path(model.model_path).parent.parent == tmp_path / "f32"
+    got = score_all(model)
+    model.close()
+    assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.05
+
+
 def test_probability_is_sigmoid_of_logit(f16: LlamaCppRerank) -> None:
     prob = LlamaCppRerank(shared(F16))
     query, doc = pairs()[0]
