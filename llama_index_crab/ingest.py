@@ -31,7 +31,6 @@ from .documents import (
 )
 
 if TYPE_CHECKING:
-
     from .embedding import LlamaCppEmbedding
     from .store import PostgresVectorStore
 

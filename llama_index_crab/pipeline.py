@@ -383,6 +383,7 @@ def build_pipeline(
     text_search_config: str = "english",
     read_urls: Sequence[str] = (),
     n_gpu_layers: int = 0,
+    rerank_weights: str = "file",
 ) -> Pipeline:
     """Wire embeddings, the pgvector store and the reranker; nothing left to do by hand.
 
@@ -394,6 +395,7 @@ def build_pipeline(
     ``CRAB_RERANK_MODEL``) and ``rerank`` is true. ``read_urls``: streaming replicas that
     serve the searches (see :class:`PostgresVectorStore`). ``n_gpu_layers`` offloads the
     models loaded here to a GPU (-1: all layers; a CPU build ignores it).
+    ``rerank_weights="f32"`` loads a float32 copy of the reranker (see ``LlamaCppRerank``).
     """
     from .store import PostgresVectorStore
 
@@ -401,7 +403,7 @@ def build_pipeline(
     if isinstance(embed_model, LlamaCppEmbedding):
         embedder = embed_model
     else:
-        # An existing collection keeps the bundled weights it was filled with (q8_0 or bf16).
+        # An existing collection keeps the bundled weights it was filled with (f32, bf16, q8_0).
         recorded = None if embed_model else _recorded_model([*read_urls, url], collection)
         chosen = embed_model or default_embed_model(recorded)
         embedder = LlamaCppEmbedding(chosen, n_gpu_layers=n_gpu_layers)
@@ -410,7 +412,10 @@ def build_pipeline(
         reranker = rerank_model
     elif rerank and (rerank_model or default_rerank_model()):
         reranker = LlamaCppRerank(
-            require_rerank_model(str(rerank_model or "")), top_n=top_n, n_gpu_layers=n_gpu_layers
+            require_rerank_model(str(rerank_model or "")),
+            top_n=top_n,
+            n_gpu_layers=n_gpu_layers,
+            weights=rerank_weights,
         )
     identity = embedder.identity()
     store = PostgresVectorStore(url, collection, identity=identity, read_urls=read_urls)

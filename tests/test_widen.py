@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _models import EMBEDDER_BF16, EMBEDDER_Q8, shared
+from _models import EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8, shared
 
 from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank, ModelError
 from llama_index_crab._gguf import file_identity
@@ -98,3 +98,20 @@ def test_a_cache_path_that_is_a_file_says_what_to_do(
     monkeypatch.setenv("CRAB_CACHE_DIR", str(blocker))
     with pytest.raises(ModelError, match="CRAB_CACHE_DIR"):
         LlamaCppEmbedding(EMBEDDER_BF16, weights="f32")
+
+
+def test_crab_rerank_with_f32_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from llama_index_crab.cli import main
+
+    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path))
+    args = ["rerank", "database joins", "cats purr", "SQL joins combine tables"]
+    args += ["--rerank-model", str(RERANKER_Q8)]
+    plain = CliRunner().invoke(main, args)
+    wide = CliRunner().invoke(main, [*args, "--rerank-weights", "f32"])
+    assert plain.exit_code == wide.exit_code == 0, wide.output
+    assert wide.output.splitlines()[0].endswith("SQL joins combine tables")
+    scores = [[float(line.split()[0]) for line in r.output.splitlines()] for r in (plain, wide)]
+    assert np.allclose(*scores, atol=0.05)  # the same model, activations kept in float32
+    assert list((tmp_path / "f32").glob("*/minilm-toy-reranker-f32.gguf"))
