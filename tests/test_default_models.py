@@ -111,7 +111,7 @@ def test_default_resolution_prefers_env_then_clone_then_cache(
     monkeypatch.setenv("CRAB_EMBED_MODEL", "/models/chosen.gguf")
     assert pipeline.default_embed_model() == "/models/chosen.gguf"
     monkeypatch.delenv("CRAB_EMBED_MODEL")
-    assert pipeline.default_embed_model() == str(pipeline.bundled_embedder())  # bf16 or q8_0
+    assert pipeline.default_embed_model() == str(pipeline.bundled_embedder())  # f32 copy or q8_0
     monkeypatch.setattr(pipeline, "BUNDLED_MODELS", tmp_path / "no-models")
     assert pipeline.default_embed_model() == str(cached)
 
