@@ -8,9 +8,10 @@ on the fly with :func:`to_bf16` (about a second).
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
+
+from llama_index_crab._hub import sha256
 
 __all__ = ["SHARED", "cached", "sha256", "to_bf16"]
 
@@ -19,18 +20,16 @@ SHARED = ROOT.parent / "shared" / "models"
 CACHE = Path(__file__).resolve().parent / ".cache"
 
 
-def to_bf16(src: Path, dst: Path, nthread: int = 2, ftype: str = "bf16") -> Path:
-    """Requantize the f16 GGUF ``src`` to ``dst`` with ftype LLAMA_FTYPE_MOSTLY_BF16
-    (``ftype="f32"``: LLAMA_FTYPE_ALL_F32, for the kernel benchmark only)."""
+def to_bf16(src: Path, dst: Path, nthread: int = 2) -> Path:
+    """Requantize the f16 GGUF ``src`` to ``dst`` with ftype LLAMA_FTYPE_MOSTLY_BF16 (float32
+    copies are the package's own: ``llama_index_crab._widen.f32_copy``)."""
     import llama_cpp
 
     from llama_index_crab._llama import _install_log_callback
 
     _install_log_callback()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = (
-        llama_cpp.LLAMA_FTYPE_ALL_F32 if ftype == "f32" else llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
-    )
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
     params.nthread = nthread
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".tmp")
@@ -42,19 +41,10 @@ def to_bf16(src: Path, dst: Path, nthread: int = 2, ftype: str = "bf16") -> Path
     return dst
 
 
-def cached(f16: Path, ftype: str = "bf16", cache: Path = CACHE) -> Path:
-    """A bf16 (or f32) copy of ``f16`` in ``cache``, made once (named after its hash)."""
-    name = f16.name.replace("-f16", f"-{ftype}")
-    dst = cache / f"{sha256(f16)[:12]}-{name}"
-    return dst if dst.exists() else to_bf16(f16, dst, ftype=ftype)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def cached(f16: Path, cache: Path = CACHE) -> Path:
+    """A bf16 copy of ``f16`` in ``cache``, made once (named after its hash)."""
+    dst = cache / f"{sha256(f16)[:12]}-{f16.name.replace('-f16', '-bf16')}"
+    return dst if dst.exists() else to_bf16(f16, dst)
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def _models() -> tuple[dict[str, Path], dict[str, Path]]:
     embed["f32"] = f32_copy(EMBED["bf16"])  # the default on AVX-512: widened from bf16
     rerank = {
         "f16": RERANK_F16,
-        "bf16": cached(RERANK_F16, "bf16"),
+        "bf16": cached(RERANK_F16),
         "q8_0": RERANK_Q8,
         "f32": f32_copy(RERANK_F16),  # weights="f32"
     }
