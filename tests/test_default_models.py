@@ -17,6 +17,8 @@ import pytest
 from _models import EMBEDDER_Q8
 
 from llama_index_crab import _hub, pipeline
+from llama_index_crab._cpu import preferred_weights
+from llama_index_crab._widen import f32_copy
 from llama_index_crab.errors import ModelError
 
 # Runs the CLI with pipeline.BUNDLED_MODELS moved to argv[1] (a folder without models).
@@ -113,7 +115,10 @@ def test_default_resolution_prefers_env_then_clone_then_cache(
     monkeypatch.delenv("CRAB_EMBED_MODEL")
     assert pipeline.default_embed_model() == str(pipeline.bundled_embedder())  # f32 copy or q8_0
     monkeypatch.setattr(pipeline, "BUNDLED_MODELS", tmp_path / "no-models")
-    assert pipeline.default_embed_model() == str(cached)
+    # From the cache, in this CPU's weights: the float32 copy where f32 is preferred.
+    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path / "crab"))
+    wide = preferred_weights()[0] == "f32"
+    assert pipeline.default_embed_model() == str(f32_copy(cached) if wide else cached)
 
 
 def test_a_pinned_sha256_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
