@@ -29,6 +29,7 @@ from .errors import (
 from .pipeline import Pipeline, build_pipeline
 from .rerank import LlamaCppRerank
 from .store import PostgresVectorStore
+from .synthesizer import ExtractiveSynthesizer
 
 __all__ = [
     "ClusterError",
@@ -38,6 +39,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "EmbeddingIdentity",
     "EmbeddingModeError",
+    "ExtractiveSynthesizer",
     "InputTooLongError",
     "LlamaCppChat",
     "LlamaCppEmbedding",

@@ -226,12 +226,20 @@ class Pipeline:
     def as_query_engine(self, **kwargs: Any) -> RetrieverQueryEngine:
         """LlamaIndex's query engine: retrieve in the pipeline's mode, rerank
         ``similarity_top_k`` to ``top_n`` if there is a reranker (else retrieve ``top_n``),
-        answer with ``llm=`` (default: the chat model)."""
+        then answer as :meth:`ask` does: extractively (an :class:`ExtractiveSynthesizer`, no
+        LLM called) unless a chat model is given (``llm=``, or the pipeline's ``llm``)."""
         top = self.similarity_top_k if self.reranker is not None else self.top_n
         kwargs.setdefault("similarity_top_k", top)
         kwargs.setdefault("vector_store_query_mode", _STORE_MODES[self.mode])
         kwargs.setdefault("node_postprocessors", [self.reranker] if self.reranker else [])
-        kwargs.setdefault("llm", self.llm)
+        llm = kwargs.get("llm", self._llm)
+        if llm is None and "response_synthesizer" not in kwargs:
+            from .synthesizer import ExtractiveSynthesizer
+
+            synthesizer = ExtractiveSynthesizer(self.embed_model, self.reranker)
+            kwargs["response_synthesizer"] = synthesizer
+            llm = synthesizer._llm  # a MockLLM: never called, keeps Settings.llm out of it
+        kwargs["llm"] = llm if llm is not None else self.llm
         return self.index.as_query_engine(**kwargs)  # type: ignore[return-value]
 
     @property

@@ -16,6 +16,7 @@ def test_all_is_locked() -> None:
         "DatabaseUnavailableError",
         "EmbeddingIdentity",
         "EmbeddingModeError",
+        "ExtractiveSynthesizer",
         "InputTooLongError",
         "LlamaCppChat",
         "LlamaCppEmbedding",
