@@ -2,7 +2,9 @@
 
 Uses $CRAB_DATABASE_URL, or starts the embedded PostgreSQL when it is unset. A reranker
 reranks only when you give a real one in $CRAB_RERANK_MODEL (the bundled one is a toy).
-SmolLM2-135M is small: for answers that stay on their sources use `crab ask` (quoted).
+SmolLM2-135M is small: for answers that stay on their sources, give the engine
+`response_synthesizer=ExtractiveSynthesizer(embed_model)` instead of the LLM (what
+`crab ask` and `build_pipeline().as_query_engine()` do: quoted sentences, cited).
 """
 
 from __future__ import annotations
