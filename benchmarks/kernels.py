@@ -291,7 +291,7 @@ def run(quick: bool = False) -> str:
         "GFLOP/s",
         "of GEMM",
         "min cos vs PyTorch",
-        "max |Δ logit|",
+        "max \\|Δ logit\\|",
     ]
     speedups = ", ".join(
         f"{k} {e_speed[k]:.2f}× / {r_speed[k]:.2f}×" for k in ("f16", "bf16", "f32")
