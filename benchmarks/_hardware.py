@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 __all__ = ["Matmul", "bert_flops", "best_matmul", "matmul_per_core", "measure_matmul"]
 
+# One float32 GEMM timed in a subprocess; {clock}: time.perf_counter (wall) or
+# time.thread_time (this thread's CPU time).
 _PROBE = """
 import json, time
 import numpy as np
@@ -21,9 +23,9 @@ b = rng.standard_normal((n, n), dtype=np.float32)
 a @ b
 best = float("inf")
 for _ in range({reps}):
-    t = time.perf_counter()
+    t = {clock}()
     a @ b
-    best = min(best, time.perf_counter() - t)
+    best = min(best, {clock}() - t)
 try:
     from threadpoolctl import threadpool_info
     blas = [i for i in threadpool_info() if i.get("user_api") == "blas"][:1]
@@ -33,6 +35,16 @@ except ImportError:
               "architecture": "(threadpoolctl missing)"}}]
 print(json.dumps({{"gflops": 2 * n**3 / best / 1e9, "blas": blas[0] if blas else {{}}}}))
 """
+
+
+def _probe(python: str, env: dict[str, str], n: int, reps: int, clock: str) -> tuple[float, str]:
+    """GFLOP/s of the probe and the OpenBLAS kernel that ran it."""
+    code = _PROBE.format(n=n, reps=reps, clock=clock)
+    proc = subprocess.run([python, "-c", code], env=env, capture_output=True, text=True, check=True)
+    got = json.loads(proc.stdout)
+    blas = got["blas"]
+    parts = (str(blas.get(k, "")) for k in ("internal_api", "version", "architecture"))
+    return float(got["gflops"]), " ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
@@ -62,42 +74,9 @@ def measure_matmul(python: str = sys.executable, n: int = 2048, reps: int = 20) 
         ]
     out = []
     for name, env in settings:
-        proc = subprocess.run(
-            [python, "-c", _PROBE.format(n=n, reps=reps)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        got = json.loads(proc.stdout)
-        blas = got["blas"]
-        parts = (blas.get(k, "") for k in ("internal_api", "version", "architecture"))
-        kernel = " ".join(p for p in parts if p)
-        out.append(Matmul(name, float(got["gflops"]), kernel, n))
+        gflops, kernel = _probe(python, env, n, reps, "time.perf_counter")
+        out.append(Matmul(name, gflops, kernel, n))
     return out
-
-
-_PROBE_CPU = """
-import json, time
-import numpy as np
-n = {n}
-rng = np.random.default_rng(0)
-a = rng.standard_normal((n, n), dtype=np.float32)
-b = rng.standard_normal((n, n), dtype=np.float32)
-a @ b
-best = float("inf")
-for _ in range({reps}):
-    t = time.thread_time()
-    a @ b
-    best = min(best, time.thread_time() - t)
-try:
-    from threadpoolctl import threadpool_info
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"][:1]
-    kernel = " ".join(str(blas[0].get(k, "")) for k in ("internal_api", "version", "architecture"))
-except (ImportError, IndexError):
-    kernel = ""
-print(json.dumps({{"gflops": 2 * n**3 / best / 1e9, "kernel": kernel}}))
-"""
 
 
 def matmul_per_core(python: str = sys.executable, n: int = 1024, reps: int = 10) -> Matmul:
@@ -111,15 +90,8 @@ def matmul_per_core(python: str = sys.executable, n: int = 1024, reps: int = 10)
         k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     }
     env["OPENBLAS_NUM_THREADS"] = "1"
-    proc = subprocess.run(
-        [python, "-c", _PROBE_CPU.format(n=n, reps=reps)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    got = json.loads(proc.stdout)
-    return Matmul("1 thread, CPU time", float(got["gflops"]), got["kernel"], n)
+    gflops, kernel = _probe(python, env, n, reps, "time.thread_time")
+    return Matmul("1 thread, CPU time", gflops, kernel, n)
 
 
 def best_matmul(*runs: list[Matmul]) -> list[Matmul]:
