@@ -125,29 +125,71 @@ def question_terms(query: str) -> str:
     return " or ".join(word for word in re.findall(r"\w+", query) if word.lower() != "or")
 
 
+# A question term found in more of a collection's rows than this is one of the collection's
+# stop words (BM25 gives it little weight): it is neither counted past this nor matched.
+# And rows are matched by the rarest terms only, as long as they hold at most MATCH_BUDGET
+# rows between them. Both bound the work of a query on a large collection (collections
+# smaller than this are searched as before: every term, exact document frequencies).
+COMMON_ROWS = 20_000
+MATCH_BUDGET = 20_000
+
+
 def text(
-    collection: Collection, query: str, k: int, predicate: ColumnElement[bool]
+    collection: Collection,
+    query: str,
+    k: int,
+    predicate: ColumnElement[bool],
+    *,
+    common_rows: int | None = None,
+    match_budget: int | None = None,
 ) -> sa.Select[tuple[str, str, dict[str, Any], float]]:
     """Top ``k`` rows sharing a term with ``query``, ranked BM25-style: each query term's
     ``ts_rank`` (term frequency, damped by the row's length) weighted by the term's inverse
-    document frequency in the collection, so rare terms count more than common ones."""
+    document frequency in the collection, so rare terms count more than common ones.
+
+    Terms in more than ``common_rows`` rows are left out, and rows are matched by the rarest
+    terms whose rows add up to ``match_budget`` (the rarest always): a query's work stays
+    bounded however large the collection grows (defaults: ``COMMON_ROWS``, ``MATCH_BUDGET``)."""
+    common_rows = COMMON_ROWS if common_rows is None else common_rows
+    match_budget = MATCH_BUDGET if match_budget is None else match_budget
     config = sa.cast(sa.literal(collection.text_search_config), REGCONFIG)
     in_collection = nodes.c.collection_id == sa.literal_column(str(int(collection.id)))
     lexemes = sa.func.unnest(
         sa.func.tsvector_to_array(sa.func.to_tsvector(config, sa.literal(query, sa.Text)))
     ).column_valued("lexeme")
     terms = sa.select(
-        sa.func.plainto_tsquery(sa.cast(sa.literal("simple"), REGCONFIG), lexemes).label("q")
+        lexemes.label("lexeme"),
+        sa.func.plainto_tsquery(sa.cast(sa.literal("simple"), REGCONFIG), lexemes).label("q"),
     ).subquery("terms")
     total = sa.select(sa.func.count()).where(in_collection).scalar_subquery()
-    frequency = (
-        sa.select(sa.func.count())
+    # Rows holding the term, counted up to one past ``common_rows``: once per term.
+    holding = (
+        sa.select(sa.literal(1))
         .where(in_collection, nodes.c.text_search.op("@@")(terms.c.q))
-        .scalar_subquery()
+        .limit(common_rows + 1)
+        .correlate(terms)
+        .subquery("holding")
     )
-    idf = sa.func.ln(1.0 + (total - frequency + 0.5) / (frequency + 0.5))
-    # Materialized: one document-frequency count per term, not one per matching row.
-    weighted = sa.select(terms.c.q, idf.label("idf")).cte("weighted").prefix_with("MATERIALIZED")
+    frequency = sa.select(sa.func.count().label("df")).select_from(holding).lateral("frequency")
+    counted = (
+        sa.select(terms.c.lexeme, terms.c.q, frequency.c.df)
+        .select_from(terms.join(frequency, sa.true()))
+        .cte("counted")
+        .prefix_with("MATERIALIZED")
+    )
+    rarest_first = sa.func.sum(counted.c.df).over(order_by=(counted.c.df, counted.c.lexeme))
+    kept = (
+        sa.select(counted.c.q, counted.c.df, (rarest_first - counted.c.df).label("before"))
+        .where(counted.c.df <= common_rows)
+        .subquery("kept")
+    )
+    idf = sa.func.ln(1.0 + (total - kept.c.df + 0.5) / (kept.c.df + 0.5))
+    weighted = (
+        sa.select(kept.c.q, idf.label("idf"))
+        .where(kept.c.before < match_budget)
+        .cte("weighted")
+        .prefix_with("MATERIALIZED")
+    )
     rank = sa.func.ts_rank(nodes.c.text_search, weighted.c.q, 1, type_=sa.Float)
     scores = (
         sa.select(

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from helpers import node
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
+from llama_index_crab import _search
 from llama_index_crab._db import to_url
 from llama_index_crab.collections import EmbeddingIdentity
 from llama_index_crab.store import PostgresVectorStore
@@ -67,3 +68,26 @@ def test_rare_terms_outweigh_common_ones(store: PostgresVectorStore) -> None:
 def test_operators_in_the_question_are_words(store: PostgresVectorStore) -> None:
     found = _text(store, 'walrus -operator "or" OR assignment')
     assert found[0] == "walrus"
+
+
+# The bounds that keep a query's work flat on large collections, shown with small numbers:
+# "statement" is in 4 of the 5 rows, "block" in 2, "iterates" in 1.
+
+
+def test_a_term_in_more_rows_than_common_rows_is_left_out(
+    store: PostgresVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(_text(store, "statement")) == {"handling", "loops", "with", "common"}
+    monkeypatch.setattr(_search, "COMMON_ROWS", 3)
+    assert _text(store, "statement") == []  # one of this collection's stop words now
+    assert _text(store, "which statement wraps a block?") == ["with", "handling"]
+
+
+def test_rows_are_matched_by_the_rarest_terms_within_the_budget(
+    store: PostgresVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert set(_text(store, "iterates block")) == {"loops", "with", "handling"}
+    monkeypatch.setattr(_search, "MATCH_BUDGET", 1)
+    assert _text(store, "iterates block") == ["loops"]  # the rarest term always matches
+    monkeypatch.setattr(_search, "MATCH_BUDGET", 3)
+    assert set(_text(store, "iterates block")) == {"loops", "with", "handling"}
