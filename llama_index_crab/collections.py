@@ -18,7 +18,7 @@ from sqlalchemy.types import UserDefinedType
 from ._db import transaction
 from ._ingest import check_storable
 from .errors import CollectionMismatchError, CollectionNotFoundError
-from .schema import HNSW_INDEX_PREFIX, collections, nodes
+from .schema import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX, collections, nodes
 
 __all__ = [
     "Collection",
@@ -85,6 +85,10 @@ class Collection:
     @property
     def index_name(self) -> str:
         return f"{HNSW_INDEX_PREFIX}{self.id}"
+
+    @property
+    def text_index_name(self) -> str:
+        return f"{TEXT_INDEX_PREFIX}{self.id}"
 
     @property
     def dimension(self) -> int:
@@ -224,9 +228,18 @@ def create_collection(
             )
         )
         collection = get_collection(connection, name)
+        connection.execute(sa.text(text_index_ddl(collection.id)))
         if index:
             _create_index(connection, collection, "64MB")
         return collection
+
+
+def text_index_ddl(collection_id: int) -> str:
+    """CREATE INDEX for a collection's own full-text index (partial, like its HNSW index)."""
+    return (
+        f"CREATE INDEX IF NOT EXISTS {TEXT_INDEX_PREFIX}{int(collection_id)} ON {nodes.name} "
+        f"USING gin (text_search) WHERE collection_id = {int(collection_id)}"
+    )
 
 
 def _create_index(connection: sa.Connection, collection: Collection, work_mem: str) -> None:
@@ -268,10 +281,11 @@ def drop_index(bind: Bind, name: str) -> None:
 
 
 def drop_collection(bind: Bind, name: str) -> None:
-    """Delete collection ``name``, its nodes and its index."""
+    """Delete collection ``name``, its nodes and its indexes."""
     with transaction(bind) as connection:
         collection = get_collection(connection, name)
         connection.execute(sa.text(f"DROP INDEX IF EXISTS {collection.index_name}"))
+        connection.execute(sa.text(f"DROP INDEX IF EXISTS {collection.text_index_name}"))
         connection.execute(collections.delete().where(collections.c.id == collection.id))
 
 

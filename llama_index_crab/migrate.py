@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from ._db import mask_url, transaction
 from .errors import CrabError, SchemaError
-from .schema import HNSW_INDEX_PREFIX, VERSION_TABLE
+from .schema import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX, VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -42,11 +42,12 @@ def migrations_dir() -> Path:
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    """Leave our version table and the per-collection HNSW indexes (created at run time)
-    out of autogenerate comparisons."""
+    """Leave our version table and the per-collection HNSW and full-text indexes (created
+    at run time) out of autogenerate comparisons."""
     if type_ == "table":
         return name != VERSION_TABLE
-    return not (type_ == "index" and reflected and (name or "").startswith(HNSW_INDEX_PREFIX))
+    per_collection = (name or "").startswith((HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX))
+    return not (type_ == "index" and reflected and per_collection)
 
 
 def _config(connection: sa.Connection) -> Config:

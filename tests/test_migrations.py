@@ -60,10 +60,9 @@ def test_step_by_step_down_and_up(empty_database: str) -> None:
     assert migrate.current(empty_database) == "0001"
     assert not TABLES & _tables(empty_database)
     migrate.upgrade(empty_database, "head")
-    migrate.downgrade(empty_database, "-1")
-    assert migrate.current(empty_database) == "0002"
-    migrate.downgrade(empty_database, "-1")
-    assert migrate.current(empty_database) == "0001"
+    for revision in ("0003", "0002", "0001"):
+        migrate.downgrade(empty_database, "-1")
+        assert migrate.current(empty_database) == revision
 
 
 def test_0003_moves_node_content_out_of_metadata_and_back(empty_database: str) -> None:
@@ -104,6 +103,59 @@ def test_0003_moves_node_content_out_of_metadata_and_back(empty_database: str) -
         migrate.downgrade(empty_database, "0002")
         with engine.connect() as connection:
             assert connection.scalar(sa.text("SELECT metadata FROM crab_nodes")) == old_metadata
+    finally:
+        engine.dispose()
+
+
+def _indexes(connection: sa.Connection) -> set[str]:
+    rows = connection.execute(
+        sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'crab_nodes'")
+    )
+    return {row[0] for row in rows}
+
+
+def test_0004_gives_each_collection_its_own_text_index(empty_database: str) -> None:
+    """Collections made under 0003 (one GIN index for the whole table) get a partial one
+    each, as new collections do; the downgrade puts the table-wide one back."""
+    migrate.upgrade(empty_database, "0003")
+    engine = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
+    try:
+        with engine.begin() as connection:
+            for name in ("a", "b"):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO crab_collections (name, model, dimension, pooling) "
+                        "VALUES (:n, 'm', 2, 'mean')"
+                    ),
+                    {"n": name},
+                )
+            ids = connection.execute(sa.text("SELECT id FROM crab_collections ORDER BY id"))
+            ids = [row[0] for row in ids]
+            assert "crab_nodes_text_search_idx" in _indexes(connection)
+        migrate.upgrade(empty_database)
+        with engine.connect() as connection:
+            found = _indexes(connection)
+        assert {f"crab_nodes_text_{i}" for i in ids} <= found
+        assert "crab_nodes_text_search_idx" not in found
+        store = PostgresVectorStore(empty_database, "b", EmbeddingIdentity("m", 2, "mean"))
+        new = PostgresVectorStore(empty_database, "new", EmbeddingIdentity("m", 2, "mean"))
+        new.create_collection()
+        with engine.connect() as connection:
+            assert f"crab_nodes_text_{new._load(connection).id}" in _indexes(connection)
+            collection = store._load(connection)
+            definition = connection.scalar(
+                sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"),
+                {"n": collection.text_index_name},
+            )
+        assert "USING gin (text_search)" in definition
+        assert definition.endswith(f"WHERE (collection_id = {collection.id})")
+        store.close()
+        new.close()
+        migrate.downgrade(empty_database, "0003")
+        with engine.connect() as connection:
+            found = _indexes(connection)
+        assert "crab_nodes_text_search_idx" in found
+        assert not any(name.startswith("crab_nodes_text_") and name[-1].isdigit() for name in found)
     finally:
         engine.dispose()
 

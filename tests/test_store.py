@@ -429,11 +429,12 @@ def test_drop_collection_removes_nodes_and_index(
         drop_collection(engine, collection_name)
     with engine.connect() as connection:
         index = connection.scalar(sa.text(f"SELECT to_regclass('{collection.index_name}')"))
+        text = connection.scalar(sa.text(f"SELECT to_regclass('{collection.text_index_name}')"))
         rows = connection.scalar(
             sa.text("SELECT count(*) FROM crab_nodes WHERE collection_id = :c"),
             {"c": collection.id},
         )
-    assert (index, rows) == (None, 0)
+    assert (index, text, rows) == (None, None, 0)
     assert collection_name not in {i.name for i in list_collections(engine)}
     with pytest.raises(CollectionNotFoundError):
         drop_collection(engine, collection_name)
