@@ -177,11 +177,25 @@ def _secure(pgdata: Path, url: str, account: files.Account) -> bool:
     return bool(untuned)
 
 
+# unique_violation, duplicate_database: another start created the database first, e.g. the
+# backend of a `crab db start` killed during its CREATE DATABASE, which runs on and commits.
+_CREATED_MEANWHILE = ("23505", "42P04")
+
+
 def _ensure_database(url: str) -> None:
     with _admin(url) as connection:
         exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
         if connection.scalar(exists, {"name": DATABASE}) is None:
-            connection.execute(sa.text(f"CREATE DATABASE {DATABASE}"))
+            _create_database(connection, DATABASE)
+
+
+def _create_database(connection: sa.Connection, name: str) -> None:
+    """CREATE DATABASE ``name``; one created meanwhile by another start counts as done."""
+    try:
+        connection.execute(sa.text(f"CREATE DATABASE {name}"))
+    except sa.exc.DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) not in _CREATED_MEANWHILE:
+            raise
 
 
 def _launch(pgdata: Path, sockets: Path, account: files.Account) -> files.Postmaster:

@@ -84,3 +84,14 @@ def test_data_dir_is_per_user_and_overridable(monkeypatch: pytest.MonkeyPatch) -
     assert default.name == "pgdata" and "llama-index-crab" in default.parts
     monkeypatch.setenv("CRAB_PGDATA", "/somewhere/else")
     assert server.data_dir() == Path("/somewhere/else")
+
+
+def test_a_database_created_meanwhile_counts_as_created(pgdata: Path) -> None:
+    # A `crab db start` killed during its CREATE DATABASE leaves the server's backend to finish
+    # it: the next start's check may miss it and its own CREATE then finds it made.
+    url = server.start(pgdata)
+    with server._admin(url) as connection:
+        server._create_database(connection, server.DATABASE)  # exists: no error
+        with pytest.raises(sa.exc.ProgrammingError):
+            server._create_database(connection, "not a name")  # other errors still raise
+    assert _scalar(url, "SELECT current_database()") == server.DATABASE
