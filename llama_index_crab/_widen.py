@@ -13,18 +13,14 @@ import functools
 import os
 import re
 from pathlib import Path
+from typing import Literal, overload
+
+from pydantic import BaseModel, Field
 
 from ._hub import sha256
 from .errors import ModelError
 
-__all__ = [
-    "WIDENABLE",
-    "cache_dir",
-    "f32_copy",
-    "file_type",
-    "load_path",
-    "no_copy_of_a_loaded_model",
-]
+__all__ = ["WIDENABLE", "WeightsOption", "cache_dir", "f32_copy", "file_type", "model_file"]
 
 # general.file_type values (llama_ftype) whose weights widen exactly to float32.
 ALL_F32 = 0
@@ -48,21 +44,33 @@ def file_type(path: Path) -> int | None:
     return int(str(value)) if value is not None else None
 
 
-def load_path(path: Path, weights: str) -> Path:
-    """The file a model class loads for ``weights`` ("file": ``path`` itself; "f32": its
-    float32 copy)."""
+class WeightsOption(BaseModel):
+    """The weights a model class loads, shared by LlamaCppEmbedding and LlamaCppRerank."""
+
+    weights: Literal["file", "f32"] = Field(
+        default="file",
+        description="'f32': load a float32 copy of f16/bf16/q8_0 weights, made once in the "
+        "cache (exact; 1.2-1.3x faster than q8_0 on an AVX-512 CPU, 4 bytes per weight).",
+    )
+
+
+@overload
+def model_file(path: Path, weights: str) -> Path: ...
+@overload
+def model_file(path: None, weights: str) -> None: ...
+def model_file(path: Path | None, weights: str) -> Path | None:
+    """The file to load for ``weights`` ("file": ``path``; "f32": its float32 copy); ``path``
+    None is a ``llama_cpp.Llama`` passed in, which is loaded already and gets no copy."""
     if weights not in ("file", "f32"):
         raise ValueError(f"weights must be 'file' or 'f32', got {weights!r}")
-    return f32_copy(path) if weights == "f32" else path
-
-
-def no_copy_of_a_loaded_model(weights: str) -> None:
-    """Refuse ``weights='f32'`` for a ``llama_cpp.Llama`` passed in: it is loaded already."""
-    if weights != "file":
+    if weights == "file":
+        return path
+    if path is None:
         raise ValueError(
             "weights='f32' applies when the model is loaded from a path; pass the .gguf path "
             "instead of a llama_cpp.Llama"
         )
+    return f32_copy(path)
 
 
 def f32_copy(path: Path, cache: Path | None = None) -> Path:

@@ -7,7 +7,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr
 
 from ._gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
 from ._llama import POOLINGS, GpuOptions, LlamaRunner, load_once, runner_for
-from ._widen import load_path, no_copy_of_a_loaded_model
+from ._widen import WeightsOption, model_file
 from .errors import PoolingError, TruncationWarning
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["LlamaCppEmbedding"]
 
 
-class LlamaCppEmbedding(BaseEmbedding, GpuOptions):
+class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
     """Embeddings from a GGUF model through llama.cpp, L2-normalised by default.
 
     ``model`` is a path to a .gguf file, a Hugging Face spec (``owner/repo:file.gguf``), or a
@@ -55,11 +55,6 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions):
     n_threads: int | None = Field(default=None, description="CPU threads; None uses all cores.")
     flash_attn: bool = Field(default=True, description="Flash attention (about 2x faster on CPU).")
     embed_batch_size: int = Field(default=256, gt=0, le=2048)
-    weights: Literal["file", "f32"] = Field(
-        default="file",
-        description="'f32': load a float32 copy of f16/bf16/q8_0 weights, made once in the "
-        "cache (exact; about 1.3-1.4x faster on AVX-512 CPUs, 4 bytes per weight).",
-    )
 
     _runner: LlamaRunner | None = PrivateAttr(default=None)
     _token_runner: LlamaRunner | None = PrivateAttr(default=None)
@@ -69,9 +64,9 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions):
     def __init__(self, model: str | os.PathLike[str] | Any, **kwargs: Any) -> None:
         llm = None
         if isinstance(model, (str, os.PathLike)):
-            path = load_path(resolve_model_path(model), kwargs.get("weights", "file"))
+            path = model_file(resolve_model_path(model), kwargs.get("weights", "file"))
         else:
-            no_copy_of_a_loaded_model(kwargs.get("weights", "file"))
+            model_file(None, kwargs.get("weights", "file"))
             llm, path = model, Path(model.model_path)
             kwargs.setdefault("pooling", None)
         kwargs.setdefault("model_name", path.name)

@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr
 
 from ._gguf import gguf_pooling, read_embedding_tables, resolve_model_path, tensor_names
 from ._llama import POOLINGS, GpuOptions, LlamaRunner, load_once, runner_for
-from ._widen import load_path, no_copy_of_a_loaded_model
+from ._widen import WeightsOption, model_file
 from .errors import PoolingError
 
 __all__ = ["LlamaCppRerank"]
@@ -25,7 +25,7 @@ _POSITIVE_LABELS = ("yes", "relevant", "true", "positive", "label_1")
 _PROBABILITY_HEADS = ("qwen3", "qwen3vl")
 
 
-class LlamaCppRerank(BaseNodePostprocessor, GpuOptions):
+class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
     """Rerank nodes with a GGUF cross-encoder, many (query, document) pairs per decode.
 
     ``scores="probability"`` (default) maps the classifier output into [0, 1]: a sigmoid for a
@@ -52,11 +52,6 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions):
     n_contexts: int = Field(default=2, gt=0)
     n_threads: int | None = Field(default=None)
     flash_attn: bool = Field(default=True)
-    weights: Literal["file", "f32"] = Field(
-        default="file",
-        description="'f32': load a float32 copy of f16/bf16/q8_0 weights, made once in the "
-        "cache (exact; about 1.3-1.4x faster on AVX-512 CPUs, 4 bytes per weight).",
-    )
 
     _runner: LlamaRunner | None = PrivateAttr(default=None)
     _tables: tuple[np.ndarray, np.ndarray] | None = PrivateAttr(default=None)
@@ -68,9 +63,9 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions):
         if isinstance(model, (str, os.PathLike)):
             path = resolve_model_path(model)
             _refuse_non_cross_encoder(path)
-            path = load_path(path, kwargs.get("weights", "file"))
+            path = model_file(path, kwargs.get("weights", "file"))
         else:
-            no_copy_of_a_loaded_model(kwargs.get("weights", "file"))
+            model_file(None, kwargs.get("weights", "file"))
             llm, path = model, Path(model.model_path)
         super().__init__(model_path=str(path), **kwargs)  # type: ignore[call-arg]
         self._llm = llm
