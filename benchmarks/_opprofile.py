@@ -94,7 +94,12 @@ def profile_decode(
     """Profile decoding ``seqs`` (one micro-batch) with the model at ``path``."""
     import llama_cpp
 
-    from llama_index_crab._llama import _POOLING_IDS, _Context, _install_log_callback, model_params
+    from llama_index_crab.models.runtime import (
+        _POOLING_IDS,
+        _Context,
+        _install_log_callback,
+        model_params,
+    )
 
     _install_log_callback()
     lib = _ggml_base()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from llama_index_crab._hub import sha256
+from llama_index_crab.models.hub import sha256
 
 __all__ = ["SHARED", "cached", "sha256", "to_bf16"]
 
@@ -22,10 +22,10 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 def to_bf16(src: Path, dst: Path, nthread: int = 2) -> Path:
     """Requantize the f16 GGUF ``src`` to ``dst`` with ftype LLAMA_FTYPE_MOSTLY_BF16 (float32
-    copies are the package's own: ``llama_index_crab._widen.f32_copy``)."""
+    copies are the package's own: ``llama_index_crab.models.weights.f32_copy``)."""
     import llama_cpp
 
-    from llama_index_crab._llama import _install_log_callback
+    from llama_index_crab.models.runtime import _install_log_callback
 
     _install_log_callback()
     params = llama_cpp.llama_model_quantize_default_params()

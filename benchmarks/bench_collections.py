@@ -35,10 +35,11 @@ from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.core.vector_stores.types import VectorStoreQuery  # noqa: E402
 
 from benchmarks.bench_store import DIM, clustered  # noqa: E402
-from llama_index_crab import migrate, server  # noqa: E402
-from llama_index_crab._db import to_url  # noqa: E402
-from llama_index_crab.collections import EmbeddingIdentity, build_index  # noqa: E402
-from llama_index_crab.store import PostgresVectorStore  # noqa: E402
+from llama_index_crab.server import postgres as server  # noqa: E402
+from llama_index_crab.store import migrate  # noqa: E402
+from llama_index_crab.store.collections import EmbeddingIdentity, build_index  # noqa: E402
+from llama_index_crab.store.db import to_url  # noqa: E402
+from llama_index_crab.store.vector_store import PostgresVectorStore  # noqa: E402
 
 IDENTITY = EmbeddingIdentity("bench", DIM, "mean")
 

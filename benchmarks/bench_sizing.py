@@ -36,10 +36,11 @@ sys.path.insert(0, str(HERE.parent))
 from llama_index.core.schema import TextNode  # noqa: E402
 from llama_index.core.vector_stores.types import VectorStoreQuery  # noqa: E402
 
-from llama_index_crab import migrate, server  # noqa: E402
-from llama_index_crab._db import to_url  # noqa: E402
-from llama_index_crab.collections import EmbeddingIdentity, build_index  # noqa: E402
-from llama_index_crab.store import PostgresVectorStore  # noqa: E402
+from llama_index_crab.server import postgres as server  # noqa: E402
+from llama_index_crab.store import migrate  # noqa: E402
+from llama_index_crab.store.collections import EmbeddingIdentity, build_index  # noqa: E402
+from llama_index_crab.store.db import to_url  # noqa: E402
+from llama_index_crab.store.vector_store import PostgresVectorStore  # noqa: E402
 
 DIM, K, CLUSTERS, CHUNK = 384, 10, 1000, 10_000
 PRECISIONS = ("vector", "halfvec")

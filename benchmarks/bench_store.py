@@ -39,10 +39,11 @@ from llama_index.core.vector_stores.types import (  # noqa: E402
     VectorStoreQuery,
 )
 
-from llama_index_crab import migrate, server  # noqa: E402
-from llama_index_crab._db import to_url  # noqa: E402
-from llama_index_crab.collections import EmbeddingIdentity, build_index, drop_index  # noqa: E402
-from llama_index_crab.store import PostgresVectorStore  # noqa: E402
+from llama_index_crab.server import postgres as server  # noqa: E402
+from llama_index_crab.store import migrate  # noqa: E402
+from llama_index_crab.store.collections import EmbeddingIdentity, build_index, drop_index  # noqa: E402
+from llama_index_crab.store.db import to_url  # noqa: E402
+from llama_index_crab.store.vector_store import PostgresVectorStore  # noqa: E402
 
 DIM, K, CATEGORIES = 384, 10, 100
 PGVS_VENV = HERE / ".venv-pgvectorstore"

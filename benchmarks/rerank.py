@@ -44,7 +44,7 @@ class _PairLoop:
     def __init__(self, path: Path) -> None:
         import llama_cpp
 
-        from llama_index_crab._llama import _install_log_callback
+        from llama_index_crab.models.runtime import _install_log_callback
 
         _install_log_callback()
         self.llama_cpp = llama_cpp

@@ -1,14 +1,6 @@
 """llama.cpp embeddings and cross-encoder reranking for LlamaIndex, on PostgreSQL + pgvector."""
 
-from .chat import LlamaCppChat
-from .collections import (
-    EmbeddingIdentity,
-    build_index,
-    create_collection,
-    drop_collection,
-    list_collections,
-)
-from .embedding import LlamaCppEmbedding
+from .answer.synthesizer import ExtractiveSynthesizer
 from .errors import (
     ClusterError,
     CollectionMismatchError,
@@ -26,10 +18,18 @@ from .errors import (
     TruncationWarning,
     VectorValueError,
 )
+from .models.chat import LlamaCppChat
+from .models.embedding import LlamaCppEmbedding
+from .models.rerank import LlamaCppRerank
 from .pipeline import Pipeline, build_pipeline
-from .rerank import LlamaCppRerank
-from .store import PostgresVectorStore
-from .synthesizer import ExtractiveSynthesizer
+from .store.collections import (
+    EmbeddingIdentity,
+    build_index,
+    create_collection,
+    drop_collection,
+    list_collections,
+)
+from .store.vector_store import PostgresVectorStore
 
 __all__ = [
     "ClusterError",

@@ -17,18 +17,18 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQueryMode,
 )
 
-from .embedding import LlamaCppEmbedding
 from .errors import ModelError
-from .rerank import LlamaCppRerank
+from .models.embedding import LlamaCppEmbedding
+from .models.rerank import LlamaCppRerank
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.retrievers import BaseRetriever
 
-    from .chat import LlamaCppChat
-    from .ingest import IngestReport, Progress
-    from .store import PostgresVectorStore
+    from .ingest.local import IngestReport, Progress
+    from .models.chat import LlamaCppChat
+    from .store.vector_store import PostgresVectorStore
 
 __all__ = [
     "Pipeline",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
-# Per weight type (llama_index_crab._cpu.preferred_weights); models/PROVENANCE.md. The f32
+# Per weight type (llama_index_crab.models.cpu.preferred_weights); models/PROVENANCE.md. The f32
 # weights are a float32 copy of the bf16 file, made once in the cache (not carried: 91 MB).
 BUNDLED_EMBEDDERS = {
     "f32": "all-MiniLM-L6-v2-bf16.gguf",
@@ -71,9 +71,9 @@ def default_embed_model(recorded: str | None = None) -> str:
     AVX-512, else q8_0), else the same model from the Hugging Face cache, fetched there once
     (the ``hf`` extra). ``recorded``, the model a collection records: a collection filled by
     other bundled weights keeps them."""
-    from . import _hub
-    from ._cpu import preferred_weights
-    from ._widen import f32_copy
+    from .models import hub as _hub
+    from .models.cpu import preferred_weights
+    from .models.weights import f32_copy
 
     if os.environ.get("CRAB_EMBED_MODEL"):
         return os.environ["CRAB_EMBED_MODEL"]
@@ -88,8 +88,8 @@ def bundled_embedder(recorded: str | None = None) -> Path | None:
     """The bundled embedder in this CPU's weights (see :mod:`._cpu`; for f32, the float32
     copy of the bundled bf16 file, made once in the cache), or the bundled weights whose
     content hash ``recorded`` names (``name@hash``, as collections store it)."""
-    from ._cpu import preferred_weights
-    from ._gguf import file_identity
+    from .models.cpu import preferred_weights
+    from .models.gguf import file_identity
 
     first = preferred_weights()[0]
     kinds = [first, *(k for k in BUNDLED_EMBEDDERS if k != first)]
@@ -105,7 +105,7 @@ def bundled_embedder(recorded: str | None = None) -> Path | None:
 
 
 def _bundled(kind: str) -> Path | None:
-    from ._widen import f32_copy
+    from .models.weights import f32_copy
 
     path = BUNDLED_MODELS / BUNDLED_EMBEDDERS[kind]
     if not path.exists():
@@ -118,9 +118,9 @@ def _recorded_model(urls: Sequence[str], collection: str) -> str | None:
     first of ``urls`` that answers (read replicas first, then the primary)."""
     import sqlalchemy as sa
 
-    from ._db import to_url, translated
-    from .collections import get_collection
     from .errors import CollectionNotFoundError
+    from .store.collections import get_collection
+    from .store.db import to_url, translated
 
     for i, url in enumerate(urls):
         engine = sa.create_engine(to_url(url))
@@ -159,7 +159,8 @@ def resolve_database_url(url: str | None = None) -> str:
     chosen = url or os.environ.get("CRAB_DATABASE_URL")
     if chosen:
         return chosen
-    from . import migrate, server
+    from .server import postgres as server
+    from .store import migrate
 
     started = server.start()
     migrate.upgrade(started)
@@ -234,7 +235,7 @@ class Pipeline:
         kwargs.setdefault("node_postprocessors", [self.reranker] if self.reranker else [])
         llm = kwargs.get("llm", self._llm)
         if llm is None and "response_synthesizer" not in kwargs:
-            from .synthesizer import ExtractiveSynthesizer
+            from .answer.synthesizer import ExtractiveSynthesizer
 
             synthesizer = ExtractiveSynthesizer(self.embed_model, self.reranker)
             kwargs["response_synthesizer"] = synthesizer
@@ -245,7 +246,7 @@ class Pipeline:
     @property
     def llm(self) -> LlamaCppChat:
         if self._llm is None:
-            from .chat import LlamaCppChat
+            from .models.chat import LlamaCppChat
 
             self._llm = LlamaCppChat()
         return self._llm  # type: ignore[no-any-return]
@@ -261,16 +262,16 @@ class Pipeline:
         **kwargs: Any,
     ) -> IngestReport:
         """Ingest files and folders; ``executor="ray"`` spreads the work over a Ray cluster
-        (keyword arguments of :func:`llama_index_crab.distributed.ingest_distributed`)."""
+        (keyword arguments of :func:`llama_index_crab.ingest.distributed.ingest_distributed`)."""
         if executor == "ray":
-            from .distributed import ingest_distributed
+            from .ingest.distributed import ingest_distributed
 
             return ingest_distributed(
                 paths, self.embed_model, self.store, progress=progress, **kwargs
             )
         if executor != "local":
             raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
-        from .ingest import ingest_paths
+        from .ingest.local import ingest_paths
 
         return ingest_paths(paths, self.embed_model, self.store, progress=progress, **kwargs)
 
@@ -345,7 +346,7 @@ class Pipeline:
         """
         found = self.search(question, **search)
         if not (self._llm is not None if generate is None else generate):
-            from .answer import extract_answer, format_answer
+            from .answer.extractive import extract_answer, format_answer
 
             quotes = extract_answer(question, found.hits, self.embed_model, self.reranker)
             return found, iter([format_answer(quotes)])
@@ -405,7 +406,7 @@ def build_pipeline(
     models loaded here to a GPU (-1: all layers; a CPU build ignores it).
     ``rerank_weights="f32"`` loads a float32 copy of the reranker (see ``LlamaCppRerank``).
     """
-    from .store import PostgresVectorStore
+    from .store.vector_store import PostgresVectorStore
 
     url = resolve_database_url(database_url)
     if isinstance(embed_model, LlamaCppEmbedding):

@@ -1,6 +1,6 @@
 """Alembic environment for llama_index_crab.
 
-Normally driven by :mod:`llama_index_crab.migrate`, which passes an open connection in
+Normally driven by :mod:`llama_index_crab.store.migrate`, which passes an open connection in
 ``config.attributes["connection"]``. A plain ``alembic`` run with ``sqlalchemy.url``
 set (and ``script_location`` pointing here) works too.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from llama_index_crab._db import to_url
-from llama_index_crab.migrate import include_object
-from llama_index_crab.schema import VERSION_TABLE, metadata
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.migrate import include_object
+from llama_index_crab.store.schema import VERSION_TABLE, metadata
 
 config = context.config
 options = {

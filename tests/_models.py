@@ -1,4 +1,8 @@
-"""Test models: bundled q8_0 files in models/, f16 files and references in ../shared/models."""
+"""Test models: the GGUFs in models/ and the PyTorch references in tests/data/reference.
+
+``../shared/models`` (or ``$CRAB_SHARED_MODELS``) adds the f16 files: checks that need them
+are skipped, with the reason, on a clone without it.
+"""
 
 from __future__ import annotations
 
@@ -12,56 +16,70 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "models"
+REFERENCES = ROOT / "tests" / "data" / "reference"
 SHARED = Path(os.environ.get("CRAB_SHARED_MODELS", ROOT.parent / "shared" / "models"))
 
 EMBEDDER_Q8 = BUNDLED / "all-MiniLM-L6-v2-q8_0.gguf"
 EMBEDDER_BF16 = BUNDLED / "all-MiniLM-L6-v2-bf16.gguf"
 RERANKER_Q8 = BUNDLED / "minilm-toy-reranker-q8_0.gguf"
+EMBEDDER_F16_NAME = "all-MiniLM-L6-v2-f16.gguf"
+RERANKER_F16_NAME = "minilm-toy-reranker-f16.gguf"
 
 
 def shared(name: str) -> Path:
-    """A model or reference file from ../shared/models; fails loudly when it is missing."""
+    """A model file from ../shared/models; the calling test is skipped when it is missing."""
     path = SHARED / name
     if not path.exists():
-        pytest.fail(
-            f"{path} is missing: parity tests need ../shared/models beside the repo "
-            "(or CRAB_SHARED_MODELS pointing at it)"
-        )
+        pytest.skip(f"{path} is missing: this check needs ../shared/models beside the repository")
     return path
+
+
+def shared_param(name: str) -> Any:
+    """``shared(name)`` as a parametrize value, marked skip when ../shared/models is absent."""
+    path = SHARED / name
+    reason = f"{path} is missing: this check needs ../shared/models beside the repository"
+    return path, pytest.mark.skipif(not path.exists(), reason=reason)
 
 
 @cache
 def reference(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(shared(f"reference/{name}").read_text())
+    """PyTorch reference outputs carried in tests/data (``embeddings.json``, ``rerank.json``)."""
+    data: dict[str, Any] = json.loads((REFERENCES / name).read_text())
     return data
 
 
 EMBEDDER_IDS = ["f16", "bf16", "q8_0", "f32-from-bf16", "f32-from-q8_0"]
 
 
-def embedder_files() -> list[tuple[Path, float]]:
-    """(model file, minimum cosine) for each embedding model, in EMBEDDER_IDS order: f16 and
-    bf16 held to 0.9999, q8_0 to 0.997; the float32 copies (the default weights on AVX-512
-    CPUs) to their source's bar or better."""
-    from llama_index_crab._widen import f32_copy
+def embedder_files() -> list[Any]:
+    """Parametrize values (model file, minimum cosine), in EMBEDDER_IDS order: f16 and bf16
+    held to 0.9999, q8_0 to 0.997; float32 copies to their source's bar or better. The f16
+    row needs ../shared/models and is skipped without it."""
+    from llama_index_crab.models.weights import f32_copy
 
+    f16, skip_f16 = shared_param(EMBEDDER_F16_NAME)
     return [
-        (shared("all-MiniLM-L6-v2-f16.gguf"), 0.9999),
-        (EMBEDDER_BF16, 0.9999),
-        (EMBEDDER_Q8, 0.997),
-        (f32_copy(EMBEDDER_BF16), 0.9999),
-        (f32_copy(EMBEDDER_Q8), 0.999),
+        pytest.param(f16, 0.9999, marks=skip_f16, id="f16"),
+        pytest.param(EMBEDDER_BF16, 0.9999, id="bf16"),
+        pytest.param(EMBEDDER_Q8, 0.997, id="q8_0"),
+        pytest.param(f32_copy(EMBEDDER_BF16), 0.9999, id="f32-from-bf16"),
+        pytest.param(f32_copy(EMBEDDER_Q8), 0.999, id="f32-from-q8_0"),
     ]
 
 
-def bf16_copy(f16: Path, out_dir: Path) -> Path:
-    """A bf16 GGUF made from ``f16`` with llama.cpp's quantize API (as models/ carries for the
-    embedder; the toy reranker's bf16 file is not carried, tests make it)."""
+def quantized_copy(src: Path, out: Path, ftype_name: str) -> Path:
+    """A copy of ``src`` in another weight type (``"MOSTLY_BF16"``, ``"MOSTLY_Q4_0"``, ...)
+    made with llama.cpp's quantize API."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
-    out = out_dir / f16.name.replace("-f16", "-bf16")
-    if llama_cpp.llama_model_quantize(str(f16).encode(), str(out).encode(), params) != 0:
-        pytest.fail(f"llama_model_quantize could not make a bf16 copy of {f16}")
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype_name}")
+    params.allow_requantize = True
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), params) != 0:
+        pytest.fail(f"llama_model_quantize could not make a {ftype_name} copy of {src}")
     return out
+
+
+def bf16_copy(f16: Path, out_dir: Path) -> Path:
+    """A bf16 GGUF made from ``f16`` (the toy reranker's bf16 file is not carried)."""
+    return quantized_copy(f16, out_dir / f16.name.replace("-f16", "-bf16"), "MOSTLY_BF16")

@@ -19,8 +19,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 import pytest
 import sqlalchemy as sa
 
-from llama_index_crab import migrate
-from llama_index_crab._db import mask_url, to_url
+from llama_index_crab.store import migrate
+from llama_index_crab.store.db import mask_url, to_url
 
 ENV_VAR = "CRAB_TEST_DATABASE_URL"
 DOCKER_IMAGE = "pgvector/pgvector:pg17"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from llama_index_crab._db import to_url
+from llama_index_crab.store.db import to_url
 
 POLL = 0.02
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from llama_index_crab._db import to_url
+from llama_index_crab.store.db import to_url
 
 Snapshot = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 

@@ -26,7 +26,6 @@ from llama_index.core.vector_stores.types import (
 
 from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank
 from llama_index_crab.cli import main
-from llama_index_crab.collections import EmbeddingIdentity
 from llama_index_crab.errors import (
     CollectionNotFoundError,
     InputTooLongError,
@@ -35,7 +34,8 @@ from llama_index_crab.errors import (
     VectorValueError,
 )
 from llama_index_crab.pipeline import Pipeline
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store.collections import EmbeddingIdentity
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 DIM = 8
 IDENTITY = EmbeddingIdentity("bad-input-model", DIM, "mean")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from _models import ROOT, shared
+from _models import EMBEDDER_BF16, EMBEDDER_Q8, ROOT
 from click.testing import CliRunner
 
-from llama_index_crab._db import to_url
 from llama_index_crab.cli import main
 from llama_index_crab.pipeline import bundled_embedder
+from llama_index_crab.store.db import to_url
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 TOPICS = ["with", "yield", "pass", "break", "continue", "global"]
@@ -188,9 +188,10 @@ def test_missing_model_is_one_line_error(cli: CliRunner) -> None:
 
 
 def test_model_mismatch_with_collection(cli: CliRunner, corpus: Path) -> None:
-    assert cli.invoke(main, ["ingest", str(corpus)]).exit_code == 0
-    f16 = str(shared("all-MiniLM-L6-v2-f16.gguf"))
-    result = cli.invoke(main, ["query", "x", "--embed-model", f16])
+    assert (
+        cli.invoke(main, ["ingest", str(corpus), "--embed-model", str(EMBEDDER_Q8)]).exit_code == 0
+    )
+    result = cli.invoke(main, ["query", "x", "--embed-model", str(EMBEDDER_BF16)])
     assert result.exit_code == 1
     assert "re-embed" in result.output or "another collection" in result.output
 

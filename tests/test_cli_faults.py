@@ -13,10 +13,10 @@ from _models import EMBEDDER_Q8
 from _robust import crab, snapshot
 from click.testing import CliRunner, Result
 
-from llama_index_crab import migrate
-from llama_index_crab._db import mask_secrets, mask_url, to_url
 from llama_index_crab.cli import main
-from llama_index_crab.collections import list_collections
+from llama_index_crab.store import migrate
+from llama_index_crab.store.collections import list_collections
+from llama_index_crab.store.db import mask_secrets, mask_url, to_url
 
 SECRET = "hunter2"
 

@@ -21,10 +21,10 @@ from llama_index.core.vector_stores.types import VectorStoreQuery
 from test_cli import rows
 
 from llama_index_crab import LlamaCppEmbedding
-from llama_index_crab._db import to_url
-from llama_index_crab.collections import EmbeddingIdentity, create_collection
-from llama_index_crab.ingest import ingest_paths
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.ingest.local import ingest_paths
+from llama_index_crab.store.collections import EmbeddingIdentity, create_collection
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 WRITERS = 3

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from _models import EMBEDDER_Q8
 
-from llama_index_crab import _hub, pipeline
-from llama_index_crab._cpu import preferred_weights
-from llama_index_crab._widen import f32_copy
+from llama_index_crab import pipeline
 from llama_index_crab.errors import ModelError
+from llama_index_crab.models import hub as _hub
+from llama_index_crab.models.cpu import preferred_weights
+from llama_index_crab.models.weights import f32_copy
 
 # Runs the CLI with pipeline.BUNDLED_MODELS moved to argv[1] (a folder without models).
 RUN_CLI = (

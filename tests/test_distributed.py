@@ -25,9 +25,9 @@ from _models import EMBEDDER_Q8, ROOT
 from click.testing import CliRunner
 
 from llama_index_crab import ClusterError, DatabaseUnavailableError, build_pipeline
-from llama_index_crab._db import to_url
 from llama_index_crab.cli import main
-from llama_index_crab.distributed import ingest_distributed
+from llama_index_crab.ingest.distributed import ingest_distributed
+from llama_index_crab.store.db import to_url
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _models import EMBEDDER_IDS, EMBEDDER_Q8, RERANKER_Q8, embedder_files, reference, shared
+from _models import EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8, embedder_files, reference
 
 from llama_index_crab import (
     EmbeddingModeError,
@@ -32,7 +32,7 @@ def q8() -> LlamaCppEmbedding:
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "last"])
-@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=EMBEDDER_IDS)
+@pytest.mark.parametrize("model_file,threshold", embedder_files())
 def test_parity_with_pytorch_reference(model_file: Path, threshold: float, pooling: str) -> None:
     texts = reference("embeddings.json")["texts"]
     with LlamaCppEmbedding(model_file, pooling=pooling, allow_empty=True) as emb:
@@ -43,7 +43,7 @@ def test_parity_with_pytorch_reference(model_file: Path, threshold: float, pooli
     assert len(worst) == 40  # hangul_ko and long_over_512 included
 
 
-@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=EMBEDDER_IDS)
+@pytest.mark.parametrize("model_file,threshold", embedder_files())
 def test_token_level_parity(model_file: Path, threshold: float) -> None:
     texts = [t for t in reference("embeddings.json")["texts"] if "token_embeddings" in t]
     with LlamaCppEmbedding(model_file) as emb:
@@ -66,7 +66,7 @@ def test_vectors_are_unit_norm(q8: LlamaCppEmbedding) -> None:
 
 def test_unnormalized_option_keeps_raw_mean() -> None:
     text = [t for t in reference("embeddings.json")["texts"] if t["id"] == "sent_food"][0]
-    with LlamaCppEmbedding(shared("all-MiniLM-L6-v2-f16.gguf"), normalize=False) as emb:
+    with LlamaCppEmbedding(EMBEDDER_BF16, normalize=False) as emb:
         vec = emb.embed([text["text"]])[0]
     ref = np.array(text["mean_unnormalized"])
     assert np.max(np.abs(vec - ref)) / np.max(np.abs(ref)) < 0.01
@@ -86,7 +86,7 @@ def mixed_texts(n: int) -> list[str]:
 
 # q8_0 kernels quantise activations differently for different batch shapes, so the
 # quantised file is held to 0.999; the f16 file to the issue's 0.9999.
-@pytest.mark.parametrize("model_file,threshold", embedder_files(), ids=EMBEDDER_IDS)
+@pytest.mark.parametrize("model_file,threshold", embedder_files())
 def test_batched_equals_one_at_a_time(model_file: Path, threshold: float) -> None:
     texts = mixed_texts(70)
     with LlamaCppEmbedding(model_file) as emb:
@@ -139,7 +139,7 @@ def test_empty_text_is_an_error_by_default(q8: LlamaCppEmbedding) -> None:
 
 def test_allow_empty_embeds_bare_special_tokens() -> None:
     ref = [t for t in reference("embeddings.json")["texts"] if t["id"] == "whitespace_only"][0]
-    with LlamaCppEmbedding(shared("all-MiniLM-L6-v2-f16.gguf"), allow_empty=True) as emb:
+    with LlamaCppEmbedding(EMBEDDER_BF16, allow_empty=True) as emb:
         got = emb.embed(["", ref["text"]])
     assert cosine(got[0], np.array(ref["mean"])) >= 0.9999
     assert cosine(got[1], np.array(ref["mean"])) >= 0.9999
@@ -187,25 +187,25 @@ def test_unknown_pooling() -> None:
         LlamaCppEmbedding(EMBEDDER_Q8, pooling="max")
 
 
-def _patched_model(tmp_path: Path, value: bytes) -> Path:
-    """A copy of the f16 embedder whose final LayerNorm is overwritten (zeros or NaN)."""
-    from gguf import GGUFReader
+def _patched_model(tmp_path: Path, value: float) -> Path:
+    """A copy of the bundled embedder whose final LayerNorm is overwritten (zeros or NaN)."""
+    from gguf import GGMLQuantizationType, GGUFReader
 
-    src = shared("all-MiniLM-L6-v2-f16.gguf")
     dst = tmp_path / "patched.gguf"
-    shutil.copyfile(src, dst)
-    tensors = {t.name: t for t in GGUFReader(src).tensors}
+    shutil.copyfile(EMBEDDER_BF16, dst)
+    tensors = {t.name: t for t in GGUFReader(EMBEDDER_BF16).tensors}
     with dst.open("r+b") as fh:
         for name in ("blk.5.layer_output_norm.weight", "blk.5.layer_output_norm.bias"):
             t = tensors[name]
+            dtype = np.float32 if t.tensor_type == GGMLQuantizationType.F32 else np.float16
             fh.seek(t.data_offset)
-            fh.write(value * (t.n_bytes // len(value)))
+            fh.write(np.full(t.n_bytes // np.dtype(dtype).itemsize, value, dtype=dtype).tobytes())
     return dst
 
 
-@pytest.mark.parametrize("value,what", [(b"\x00\x00", "all-zero"), (b"\x00\x7e", "NaN")])
+@pytest.mark.parametrize("value,what", [(0.0, "all-zero"), (float("nan"), "NaN")])
 def test_broken_output_is_reported_with_pooling_advice(
-    tmp_path: Path, value: bytes, what: str
+    tmp_path: Path, value: float, what: str
 ) -> None:
     with LlamaCppEmbedding(_patched_model(tmp_path, value), pooling="cls") as emb:
         with pytest.raises(PoolingError, match=f"pooling 'cls' produced.*{what}.*'mean'"):

@@ -8,7 +8,7 @@ from _models import ROOT
 from click.testing import CliRunner
 
 from llama_index_crab.cli import main
-from llama_index_crab.evaluate import load_beir, mrr_at, ndcg_at, recall_at
+from llama_index_crab.eval.evaluate import load_beir, mrr_at, ndcg_at, recall_at
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 TOPICS = {

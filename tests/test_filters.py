@@ -16,10 +16,10 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import build_metadata_filter_fn
 from sqlalchemy.dialects import postgresql
 
-from llama_index_crab.collections import EmbeddingIdentity
-from llama_index_crab.filters import to_clause
-from llama_index_crab.schema import nodes
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store.collections import EmbeddingIdentity
+from llama_index_crab.store.filters import to_clause
+from llama_index_crab.store.schema import nodes
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 HOSTILE = [
     "it's",

@@ -2,7 +2,7 @@
 select exactly the rows a plain Python evaluation selects, and never make bad SQL.
 
 It extends test_filters.py (fixed operator table, LlamaIndex's own evaluator) with generated
-data; the Python model below is the semantics documented in llama_index_crab.filters.
+data; the Python model below is the semantics documented in llama_index_crab.store.filters.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 
-from llama_index_crab.collections import EmbeddingIdentity
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store.collections import EmbeddingIdentity
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 DIM = 4
 KEYS = ["a", "b", "tags", "a.b", "$.x", "k'q"]

@@ -10,8 +10,8 @@ from _models import EMBEDDER_Q8, RERANKER_Q8
 from click.testing import CliRunner
 
 from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank
-from llama_index_crab._llama import model_params
 from llama_index_crab.cli import main
+from llama_index_crab.models.runtime import model_params
 
 TEXTS = ["A man is eating food.", "GPU offload must not change a CPU build's vectors."]
 GPU = {"n_gpu_layers": -1, "main_gpu": 0, "split_mode": "layer", "tensor_split": [1.0]}
@@ -38,7 +38,7 @@ def test_rerank_with_all_layers_offloaded_gives_the_same_scores() -> None:
 
 
 def test_chat_model_accepts_gpu_options() -> None:
-    from llama_index_crab.chat import LlamaCppChat
+    from llama_index_crab.models.chat import LlamaCppChat
 
     cpu = LlamaCppChat(max_tokens=6)
     gpu = LlamaCppChat(max_tokens=6, n_gpu_layers=-1, main_gpu=0, split_mode="row")

@@ -16,10 +16,10 @@ from helpers import node, unit
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
 from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank
-from llama_index_crab._db import to_url
-from llama_index_crab.collections import EmbeddingIdentity
 from llama_index_crab.errors import CollectionNotFoundError
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store.collections import EmbeddingIdentity
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 STORE_CYCLES = 1000
 # Loading the q8 model with its two contexts and closing it takes ~30 ms, but the first decode

@@ -17,7 +17,8 @@ from _models import EMBEDDER_Q8, ROOT
 from _robust import crab, snapshot
 from click.testing import CliRunner
 
-from llama_index_crab._files import (
+from llama_index_crab.cli import main
+from llama_index_crab.ingest.files import (
     PART_CHARS,
     FileSet,
     Problem,
@@ -25,8 +26,7 @@ from llama_index_crab._files import (
     find_files,
     read_documents,
 )
-from llama_index_crab.cli import main
-from llama_index_crab.ingest import stale_documents
+from llama_index_crab.ingest.local import stale_documents
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 # Run as root, a file of mode 000 is still readable: drop the capabilities that allow it.
@@ -243,7 +243,7 @@ def test_unreadable_files_and_folders_are_per_file_errors(tmp_path: Path) -> Non
     locked.chmod(0)
     code = (
         "import sys\n"
-        "from llama_index_crab._files import find_files, read_documents\n"
+        "from llama_index_crab.ingest.files import find_files, read_documents\n"
         "found = find_files(sys.argv[1:])\n"
         "for p in found.problems: print('problem', p.error, p)\n"
         "for d in read_documents(found.files): print('problem', d.error, d) "

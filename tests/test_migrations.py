@@ -14,10 +14,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from llama_index.core.schema import TextNode
 
-from llama_index_crab import EmbeddingIdentity, PostgresVectorStore, migrate
-from llama_index_crab._db import to_url
+from llama_index_crab import EmbeddingIdentity, PostgresVectorStore
 from llama_index_crab.errors import DatabaseUnavailableError, PgvectorMissingError, SchemaError
-from llama_index_crab.schema import VERSION_TABLE, metadata
+from llama_index_crab.store import migrate
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.schema import VERSION_TABLE, metadata
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {"crab_collections", "crab_nodes", "crab_staging"}
@@ -249,16 +250,18 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 def test_cli_upgrade_and_current(empty_database: str, tmp_path: Path) -> None:
     env = {**_environ(), "CRAB_DATABASE_URL": empty_database}
-    done = _run(["-m", "llama_index_crab.migrate", "upgrade"], env, REPO)
+    done = _run(["-m", "llama_index_crab.store.migrate", "upgrade"], env, REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == migrate.head()
-    done = _run(["-m", "llama_index_crab.migrate", "downgrade", "base"], env, REPO)
+    done = _run(["-m", "llama_index_crab.store.migrate", "downgrade", "base"], env, REPO)
     assert (done.returncode, done.stdout.strip()) == (0, "base"), done.stderr
 
 
 def test_cli_reports_errors_in_one_line(tmp_path: Path) -> None:
     url = f"postgresql://crab:s3cret-pw@/crab?host={tmp_path}"
-    done = _run(["-m", "llama_index_crab.migrate", "upgrade", "--url", url], _environ(), tmp_path)
+    done = _run(
+        ["-m", "llama_index_crab.store.migrate", "upgrade", "--url", url], _environ(), tmp_path
+    )
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot connect")
     assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr
@@ -280,7 +283,7 @@ def test_migrations_run_from_an_installed_package_layout(
     )
     env = {**_environ(), "PYTHONPATH": str(site)}
     code = (
-        "import sys, llama_index_crab.migrate as m; print(m.migrations_dir()); "
+        "import sys, llama_index_crab.store.migrate as m; print(m.migrations_dir()); "
         "m.upgrade(sys.argv[1]); print(m.current(sys.argv[1]))"
     )
     done = _run(["-c", code, empty_database], env, tmp_path)

@@ -18,8 +18,9 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 
-from llama_index_crab import LlamaCppEmbedding, PostgresVectorStore, _mmr
-from llama_index_crab.collections import EmbeddingIdentity
+from llama_index_crab import LlamaCppEmbedding, PostgresVectorStore
+from llama_index_crab.store import mmr as _mmr
+from llama_index_crab.store.collections import EmbeddingIdentity
 
 DIM = 24
 TOPICS = 12

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import llama_index_crab
-from llama_index_crab._batching import plan_batches
+from llama_index_crab.models.batching import plan_batches
 
 
 def test_all_is_locked() -> None:

@@ -13,7 +13,7 @@ from _models import ROOT
 from click.testing import CliRunner
 
 from llama_index_crab.cli import main
-from llama_index_crab.evaluate import BeirData, hit_at, load_beir, ndcg_at
+from llama_index_crab.eval.evaluate import BeirData, hit_at, load_beir, ndcg_at
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def _ranked(results: list[dict[str, Any]]) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(labelled: BeirData) -> dict[str, float]:
     from llama_index_crab import LlamaCppEmbedding
-    from llama_index_crab.baseline import paragraph_baseline
+    from llama_index_crab.eval.baseline import paragraph_baseline
     from llama_index_crab.pipeline import default_embed_model
 
     with LlamaCppEmbedding(default_embed_model()) as model:

@@ -11,7 +11,7 @@ from _models import EMBEDDER_Q8
 from llama_index.core.llms.mock import MockLLM
 
 from llama_index_crab import ExtractiveSynthesizer, Pipeline, build_pipeline
-from llama_index_crab.answer import NOT_FOUND
+from llama_index_crab.answer.extractive import NOT_FOUND
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "corpus" / "python-reference"
 

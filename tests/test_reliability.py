@@ -23,14 +23,16 @@ from click.testing import CliRunner
 from helpers import node, unit
 from test_cli import rows
 
-from llama_index_crab import LlamaCppEmbedding, migrate, server
-from llama_index_crab._db import to_url
+from llama_index_crab import LlamaCppEmbedding
 from llama_index_crab.cli import main
-from llama_index_crab.collections import EmbeddingIdentity
-from llama_index_crab.documents import replace_documents
 from llama_index_crab.errors import DatabaseUnavailableError
-from llama_index_crab.ingest import ingest_paths
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.ingest.local import ingest_paths
+from llama_index_crab.server import postgres as server
+from llama_index_crab.store import migrate
+from llama_index_crab.store.collections import EmbeddingIdentity
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.documents import replace_documents
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 DIM = 8

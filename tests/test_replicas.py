@@ -21,8 +21,9 @@ from click.testing import CliRunner
 from helpers import node, unit
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
-from llama_index_crab import EmbeddingIdentity, PostgresVectorStore, ReplicaWarning, migrate
+from llama_index_crab import EmbeddingIdentity, PostgresVectorStore, ReplicaWarning
 from llama_index_crab.cli import main
+from llama_index_crab.store import migrate
 
 pytestmark = pytest.mark.slow
 IDENTITY = EmbeddingIdentity("replica-test", 8, "mean")

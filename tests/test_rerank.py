@@ -26,14 +26,24 @@ def score_all(model: LlamaCppRerank) -> list[float]:
 
 @pytest.fixture(scope="module")
 def f16() -> LlamaCppRerank:
+    """The f16 toy reranker from ../shared/models (its tests skip without it)."""
     model = LlamaCppRerank(shared(F16), scores="raw")
     yield model
     model.close()
 
 
-def test_pair_tokens_equal_reference_ids(f16: LlamaCppRerank) -> None:
+@pytest.fixture(scope="module")
+def toy() -> LlamaCppRerank:
+    """The bundled toy reranker, widened to float32 (batch shapes do not change its numerics
+    as q8_0's quantized activations do): for the plumbing, not for parity at f16's bar."""
+    model = LlamaCppRerank(RERANKER_Q8, scores="raw", weights="f32")
+    yield model
+    model.close()
+
+
+def test_pair_tokens_equal_reference_ids(toy: LlamaCppRerank) -> None:
     for query, doc in pairs():
-        tokens, n_type1, _ = f16._pair(f16.runner, query, doc["document"])
+        tokens, n_type1, _ = toy._pair(toy.runner, query, doc["document"])
         assert tokens == doc["input_ids"]
         assert n_type1 == doc["n_type1_tokens"]
 
@@ -59,6 +69,16 @@ def test_q8_scores_within_quantisation_margin() -> None:
     assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.5
 
 
+def test_f32_copy_of_q8_scores_within_quantisation_margin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path))
+    model = LlamaCppRerank(RERANKER_Q8, scores="raw", weights="f32")
+    got = score_all(model)
+    model.close()
+    assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.5
+
+
 def test_bf16_scores_match_pytorch_pair_encoding(tmp_path: Path) -> None:
     # bf16 keeps 8 mantissa bits against f16's 11: held to 0.1 logit (q8_0: 0.5).
     model = LlamaCppRerank(bf16_copy(shared(F16), tmp_path), scores="raw")
@@ -77,22 +97,30 @@ def test_f32_weights_score_as_pytorch_does(tmp_path: Path, monkeypatch: pytest.M
     assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.05
 
 
-def test_probability_is_sigmoid_of_logit(f16: LlamaCppRerank) -> None:
+def test_probability_is_sigmoid_of_logit(toy: LlamaCppRerank) -> None:
+    prob = LlamaCppRerank(RERANKER_Q8, weights="f32")
+    query, doc = pairs()[0]
+    p = prob.score(query, [doc["document"]])[0]
+    logit = toy.score(query, [doc["document"]])[0]
+    prob.close()
+    assert p == pytest.approx(1 / (1 + math.exp(-logit)), abs=1e-6)
+
+
+def test_probability_matches_pytorch(f16: LlamaCppRerank) -> None:
     prob = LlamaCppRerank(shared(F16))
     query, doc = pairs()[0]
     p = prob.score(query, [doc["document"]])[0]
-    logit = f16.score(query, [doc["document"]])[0]
     prob.close()
-    assert p == pytest.approx(1 / (1 + math.exp(-logit)), abs=1e-6)
     assert p == pytest.approx(doc["sigmoid_hf_pair"], abs=0.01)
 
 
-def test_batched_equals_one_pair_at_a_time(f16: LlamaCppRerank) -> None:
+def test_batched_equals_one_pair_at_a_time(toy: LlamaCppRerank) -> None:
     q = reference("rerank.json")["queries"][0]
     docs = [d["document"] for d in q["documents"]]
-    batched = f16.score(q["query"], docs)
-    single = [f16.score(q["query"], [d])[0] for d in docs]
-    assert batched == pytest.approx(single, abs=0.01)  # logits; f16 numerics of batch shapes
+    batched = toy.score(q["query"], docs)
+    single = [toy.score(q["query"], [d])[0] for d in docs]
+    # logits; attention rounds in f16 whatever the weights, and how depends on the batch shape
+    assert batched == pytest.approx(single, abs=0.05)
 
 
 def test_relevant_documents_outrank_irrelevant(f16: LlamaCppRerank) -> None:
@@ -107,12 +135,12 @@ def test_relevant_documents_outrank_irrelevant(f16: LlamaCppRerank) -> None:
     assert wins >= 5  # the toy model's top-1 is relevant for 5 of 8 queries (models/README)
 
 
-def test_long_document_is_cut_and_query_survives(f16: LlamaCppRerank) -> None:
+def test_long_document_is_cut_and_query_survives(toy: LlamaCppRerank) -> None:
     query = "what does the with statement do"
-    tokens_score = f16.score(query, ["the with statement " * 600])
-    tokens, _, cut = f16._pair(f16.runner, query, "the with statement " * 600)
+    tokens_score = toy.score(query, ["the with statement " * 600])
+    tokens, _, cut = toy._pair(toy.runner, query, "the with statement " * 600)
     assert cut and len(tokens) == 512
-    assert tokens[1 : 1 + len(f16.runner.tokenize(query))] == f16.runner.tokenize(query)
+    assert tokens[1 : 1 + len(toy.runner.tokenize(query))] == toy.runner.tokenize(query)
     assert math.isfinite(tokens_score[0])
 
 
@@ -123,7 +151,7 @@ def test_postprocessor_keeps_top_n_and_retrieval_score(f16: LlamaCppRerank) -> N
         for i, d in enumerate(q["documents"])
         if not d["truncated"]
     ]
-    model = LlamaCppRerank(shared(F16), top_n=2, keep_retrieval_score=True)
+    model = LlamaCppRerank(RERANKER_Q8, top_n=2, keep_retrieval_score=True)
     out = model.postprocess_nodes(nodes, query_str=q["query"])
     model.close()
     assert len(out) == 2
@@ -132,30 +160,30 @@ def test_postprocessor_keeps_top_n_and_retrieval_score(f16: LlamaCppRerank) -> N
     assert {n.node.node_id for n in out} <= {n.node.node_id for n in nodes}
 
 
-def test_node_content_uses_embed_metadata_mode(f16: LlamaCppRerank) -> None:
+def test_node_content_uses_embed_metadata_mode(toy: LlamaCppRerank) -> None:
     node = TextNode(text="body text", metadata={"title": "Context managers"})
     node.excluded_embed_metadata_keys = []
-    out = f16.postprocess_nodes([NodeWithScore(node=node, score=1.0)], query_str="context")
-    expected = f16.score("context", [node.get_content(metadata_mode="embed")])[0]
+    out = toy.postprocess_nodes([NodeWithScore(node=node, score=1.0)], query_str="context")
+    expected = toy.score("context", [node.get_content(metadata_mode="embed")])[0]
     assert out[0].score == pytest.approx(expected, abs=1e-4)
-    assert expected != pytest.approx(f16.score("context", ["body text"])[0], abs=1e-3)
+    assert expected != pytest.approx(toy.score("context", ["body text"])[0], abs=1e-3)
 
 
-def test_empty_node_list(f16: LlamaCppRerank) -> None:
-    assert f16.postprocess_nodes([], query_str="anything") == []
+def test_empty_node_list(toy: LlamaCppRerank) -> None:
+    assert toy.postprocess_nodes([], query_str="anything") == []
 
 
-def test_missing_query_is_a_value_error(f16: LlamaCppRerank) -> None:
+def test_missing_query_is_a_value_error(toy: LlamaCppRerank) -> None:
     node = NodeWithScore(node=TextNode(text="x"), score=1.0)
     with pytest.raises(ValueError, match="query"):
-        f16.postprocess_nodes([node])
+        toy.postprocess_nodes([node])
     with pytest.raises(ValueError, match="query"):
-        f16.postprocess_nodes([node], query_bundle=QueryBundle("  "))
+        toy.postprocess_nodes([node], query_bundle=QueryBundle("  "))
 
 
-def test_async_variant(f16: LlamaCppRerank) -> None:
+def test_async_variant(toy: LlamaCppRerank) -> None:
     nodes = [NodeWithScore(node=TextNode(text=t), score=0.0) for t in ["cats purr", "SQL joins"]]
-    out = asyncio.run(f16.apostprocess_nodes(nodes, query_str="database joins"))
+    out = asyncio.run(toy.apostprocess_nodes(nodes, query_str="database joins"))
     assert out[0].node.get_content() == "SQL joins"
 
 
@@ -178,18 +206,18 @@ def test_llama_loaded_with_mean_pooling_is_refused() -> None:
     llm.close()
 
 
-def test_llama_loaded_with_rank_pooling_works(f16: LlamaCppRerank) -> None:
+def test_llama_loaded_with_rank_pooling_works() -> None:
     import llama_cpp
 
     llm = llama_cpp.Llama(
-        model_path=str(shared(F16)),
+        model_path=str(RERANKER_Q8),
         embedding=True,
         pooling_type=llama_cpp.LLAMA_POOLING_TYPE_RANK,
         verbose=False,
     )
     model = LlamaCppRerank(llm, scores="raw")
     query, doc = pairs()[0]
-    assert model.score(query, [doc["document"]])[0] == pytest.approx(doc["logit_hf_pair"], abs=0.05)
+    assert model.score(query, [doc["document"]])[0] == pytest.approx(doc["logit_hf_pair"], abs=0.5)
     model.close()
     llm.close()
 

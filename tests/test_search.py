@@ -12,10 +12,10 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 
-from llama_index_crab._db import to_url
-from llama_index_crab._search import DEFAULT_ALPHA
-from llama_index_crab.collections import EmbeddingIdentity, build_index
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store.collections import EmbeddingIdentity, build_index
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.search import DEFAULT_ALPHA
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 DIM = 32
 ROWS = 3000
@@ -256,7 +256,7 @@ def test_hybrid_fuses_ranks(indexed: tuple[PostgresVectorStore, np.ndarray]) -> 
 
 
 def test_fusion_uses_ranks_weighted_by_alpha() -> None:
-    from llama_index_crab._search import fuse
+    from llama_index_crab.store.search import fuse
 
     dense = [("a", "", {}, 0.9), ("b", "", {}, 0.8)]
     text = [("c", "", {}, 7.0), ("b", "", {}, 5.0)]

@@ -23,22 +23,22 @@ from click.testing import CliRunner
 from helpers import node, unit
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
-from llama_index_crab import server
-from llama_index_crab._db import to_url
 from llama_index_crab.cli import main
-from llama_index_crab.collections import (
-    EmbeddingIdentity,
-    build_index,
-    drop_collection,
-    list_collections,
-)
 from llama_index_crab.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     DatabaseUnavailableError,
     SchemaError,
 )
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.server import postgres as server
+from llama_index_crab.store.collections import (
+    EmbeddingIdentity,
+    build_index,
+    drop_collection,
+    list_collections,
+)
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 PACKAGE = ROOT / "llama_index_crab"
 MIGRATIONS = ROOT / "migrations"

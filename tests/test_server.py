@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from llama_index_crab import server
-from llama_index_crab._db import to_url
 from llama_index_crab.errors import DatabaseUnavailableError
+from llama_index_crab.server import postgres as server
+from llama_index_crab.store.db import to_url
 
 
 @pytest.fixture

@@ -23,10 +23,10 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
 
-from llama_index_crab import server
-from llama_index_crab._db import to_url
 from llama_index_crab.cli import main
 from llama_index_crab.errors import DatabaseUnavailableError
+from llama_index_crab.server import postgres as server
+from llama_index_crab.store.db import to_url
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 SOCKET_LIMIT = 107  # bytes in sockaddr_un.sun_path, without the final NUL

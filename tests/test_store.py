@@ -14,16 +14,20 @@ from llama_index.core.vector_stores.types import (
     VectorStoreQuery,
 )
 
-from llama_index_crab._db import to_url
-from llama_index_crab._ingest import ROWS_PER_COPY, payload_sizes
-from llama_index_crab.collections import EmbeddingIdentity, create_collection, list_collections
 from llama_index_crab.errors import (
     CollectionMismatchError,
     CollectionNotFoundError,
     SchemaError,
     VectorValueError,
 )
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store.collections import (
+    EmbeddingIdentity,
+    create_collection,
+    list_collections,
+)
+from llama_index_crab.store.copy import ROWS_PER_COPY, payload_sizes
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 DIM = 8
 IDENTITY = EmbeddingIdentity("test-model.gguf@abc123", DIM, "mean", "query: ", "passage: ")
@@ -416,7 +420,7 @@ def test_unsupported_mode_and_missing_inputs(make_store: MakeStore) -> None:
 def test_drop_collection_removes_nodes_and_index(
     database_url: str, collection_name: str, rng: np.random.Generator, engine: sa.Engine
 ) -> None:
-    from llama_index_crab.collections import build_index, drop_collection, drop_index
+    from llama_index_crab.store.collections import build_index, drop_collection, drop_index
 
     with PostgresVectorStore(database_url, collection_name, IDENTITY) as store:
         collection = store.create_collection(index=False)

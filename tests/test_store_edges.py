@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from helpers import node, unit
 from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters, VectorStoreQuery
 
-from llama_index_crab._db import to_url
-from llama_index_crab.collections import EmbeddingIdentity
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store.collections import EmbeddingIdentity
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 DIM = 8
 IDENTITY = EmbeddingIdentity("edges.gguf@0", DIM, "mean")

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from helpers import node
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
-from llama_index_crab import _search
-from llama_index_crab._db import to_url
-from llama_index_crab.collections import EmbeddingIdentity
-from llama_index_crab.store import PostgresVectorStore
+from llama_index_crab.store import search as _search
+from llama_index_crab.store.collections import EmbeddingIdentity
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 TEXTS = {
     "handling": "Handling exceptions: a try statement catches errors raised in its block.",

@@ -9,11 +9,11 @@ import pytest
 from _models import EMBEDDER_BF16, EMBEDDER_Q8
 from click.testing import CliRunner
 
-import llama_index_crab._cpu as cpu
+import llama_index_crab.models.cpu as cpu
 from llama_index_crab import EmbeddingIdentity, PostgresVectorStore, build_pipeline
-from llama_index_crab._cpu import preferred_weights
-from llama_index_crab._gguf import file_identity
-from llama_index_crab._widen import f32_copy
+from llama_index_crab.models.cpu import preferred_weights
+from llama_index_crab.models.gguf import file_identity
+from llama_index_crab.models.weights import f32_copy
 from llama_index_crab.pipeline import bundled_embedder, default_embed_model
 
 
@@ -74,7 +74,7 @@ def test_existing_q8_collection_keeps_q8_weights(
 
 
 def test_doctor_reports_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    from llama_index_crab.doctor import doctor
+    from llama_index_crab.cli.doctor import doctor
 
     monkeypatch.delenv("CRAB_EMBED_MODEL", raising=False)
     result = CliRunner().invoke(doctor, ["--database-url", "postgresql://nobody@/nowhere"])
@@ -85,7 +85,7 @@ def test_doctor_reports_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_doctor_accepts_a_collection_filled_with_the_other_weights(
     database_url: str, collection_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from llama_index_crab.doctor import doctor
+    from llama_index_crab.cli.doctor import doctor
 
     monkeypatch.delenv("CRAB_EMBED_MODEL", raising=False)
     other = EMBEDDER_Q8 if preferred_weights()[0] == "f32" else EMBEDDER_BF16

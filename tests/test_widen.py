@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _models import EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8, shared
+from _models import EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8
 
 from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank, ModelError
-from llama_index_crab._gguf import file_identity
-from llama_index_crab._hub import sha256
-from llama_index_crab._widen import ALL_F32, f32_copy, file_type
+from llama_index_crab.models.gguf import file_identity
+from llama_index_crab.models.hub import sha256
+from llama_index_crab.models.weights import ALL_F32, f32_copy, file_type
 
 TEXTS = ["The with statement wraps a block.", "Generators yield values lazily.", "SQL joins"]
 
@@ -84,7 +84,8 @@ def test_unsupported_weight_types_are_refused(tmp_path: Path) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
     q4 = tmp_path / "toy-q4_0.gguf"
-    src = shared("minilm-toy-reranker-f16.gguf")
+    src = RERANKER_Q8
+    params.allow_requantize = True
     assert llama_cpp.llama_model_quantize(str(src).encode(), str(q4).encode(), params) == 0
     with pytest.raises(ModelError, match="weights='file'"):
         LlamaCppRerank(q4, weights="f32")

@@ -15,7 +15,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-# As llama_index_crab.collections.text_index_ddl makes it for new collections.
+# As llama_index_crab.store.collections.text_index_ddl makes it for new collections.
 CREATE = (
     "CREATE INDEX IF NOT EXISTS crab_nodes_text_{id} ON crab_nodes "
     "USING gin (text_search) WHERE collection_id = {id}"

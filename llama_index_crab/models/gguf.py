@@ -1,0 +1,150 @@
+"""GGUF files: locate, validate and read the few tensors llama.cpp does not expose."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ModelError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "file_identity",
+    "gguf_pooling",
+    "read_embedding_tables",
+    "read_metadata",
+    "resolve_model_path",
+    "tensor_names",
+]
+
+_MAGIC = b"GGUF"
+
+
+def resolve_model_path(model: str | os.PathLike[str]) -> Path:
+    """Turn a local path or a Hugging Face spec into a path of a valid-looking GGUF file.
+
+    A spec is ``hf://owner/repo/file.gguf`` or ``owner/repo:file.gguf``; it is downloaded
+    once through huggingface_hub and served from its cache afterwards.
+    """
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if not path.exists() and _looks_like_hf_spec(text):
+        path = _download(text)
+    if not path.exists():
+        raise ModelError(
+            f"model file {text!r} not found; pass the path of a .gguf file "
+            "or a Hugging Face spec like 'owner/repo:file.gguf'"
+        )
+    if path.is_dir():
+        raise ModelError(f"model path {text!r} is a directory; pass the .gguf file inside it")
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != _MAGIC:
+        raise ModelError(
+            f"{text!r} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
+            "convert the model with llama.cpp's convert_hf_to_gguf.py"
+        )
+    return path
+
+
+def _looks_like_hf_spec(text: str) -> bool:
+    return text.startswith("hf://") or (":" in text and text.count("/") >= 1 and "\\" not in text)
+
+
+def _download(spec: str) -> Path:
+    body = spec.removeprefix("hf://")
+    if ":" in body:
+        repo_id, filename = body.split(":", 1)
+    else:
+        owner, repo, filename = body.split("/", 2)
+        repo_id = f"{owner}/{repo}"
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:
+        raise ModelError(
+            f"{spec!r} looks like a Hugging Face spec; install huggingface_hub "
+            "(pip install 'llama-index-crab[hf]') or pass a local .gguf path"
+        ) from exc
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as exc:
+        raise ModelError(f"could not download {filename!r} from {repo_id!r}: {exc}") from exc
+
+
+@lru_cache(maxsize=32)
+def file_identity(path: Path) -> str:
+    """A stable identity for a model file: its name and the first 12 hex digits of its sha256."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{path.name}@{digest.hexdigest()[:12]}"
+
+
+def read_embedding_tables(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return (token embeddings, token-type embeddings) as float32 arrays, or None.
+
+    None means the file has no token-type table with more than one row (RoBERTa-style
+    models, decoder models), so token types cannot matter.
+    """
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    types = tensors.get("token_types.weight")
+    tokens = tensors.get("token_embd.weight")
+    if types is None or tokens is None:
+        return None
+
+    def load(t: object) -> np.ndarray:
+        data = dequantize(t.data, t.tensor_type)  # type: ignore[attr-defined]
+        return np.ascontiguousarray(data, dtype=np.float32)
+
+    type_rows = load(types)
+    return (load(tokens), type_rows) if type_rows.shape[0] >= 2 else None
+
+
+def read_metadata(path: Path) -> dict[str, object]:
+    """GGUF key/value metadata (scalars and strings only), without loading any weights."""
+    return _summary(path)[0]
+
+
+def tensor_names(path: Path) -> frozenset[str]:
+    """Names of the tensors in a GGUF file."""
+    return _summary(path)[1]
+
+
+@lru_cache(maxsize=16)
+def _summary(path: Path) -> tuple[dict[str, object], frozenset[str]]:
+    from gguf import GGUFReader, GGUFValueType
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError, IndexError) as exc:
+        raise ModelError(
+            f"{str(path)!r} is a damaged GGUF file ({exc}); download or convert it again"
+        ) from exc
+    meta: dict[str, object] = {}
+    for key, field in reader.fields.items():
+        if not field.types or field.types[0] == GGUFValueType.ARRAY:
+            continue
+        value = field.parts[field.data[0]]
+        if field.types[0] == GGUFValueType.STRING:
+            meta[key] = bytes(value).decode("utf-8", "replace")
+        else:
+            meta[key] = value.tolist()[0]
+    return meta, frozenset(t.name for t in reader.tensors)
+
+
+def gguf_pooling(path: Path) -> int | None:
+    """The ``{arch}.pooling_type`` a GGUF declares (0 none, 1 mean, 2 cls, 3 last, 4 rank)."""
+    meta = read_metadata(path)
+    value = meta.get(f"{meta.get('general.architecture')}.pooling_type")
+    return int(value) if isinstance(value, int) else None

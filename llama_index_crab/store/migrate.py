@@ -1,0 +1,141 @@
+"""Run the package's Alembic migrations, with the Alembic ``Config`` built in code.
+
+The migrations keep their own version table (``crab_alembic_version``) so they can
+live in a database beside the host application's own Alembic history.
+
+Command line: ``python -m llama_index_crab.store.migrate {upgrade,downgrade,current,heads}
+[--url URL]`` (the URL defaults to ``$CRAB_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from ..errors import CrabError, SchemaError
+from .db import mask_url, transaction
+from .schema import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX, VERSION_TABLE
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["check", "current", "downgrade", "head", "include_object", "upgrade"]
+
+
+def migrations_dir() -> Path:
+    """The migrations shipped in the wheel, or the repository's top-level ``migrations/``."""
+    here = Path(__file__).resolve().parents[1]
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError(
+        f"the migrations directory was not found next to {here}; reinstall the package"
+    )
+
+
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Leave our version table and the per-collection HNSW and full-text indexes (created
+    at run time) out of autogenerate comparisons."""
+    if type_ == "table":
+        return name != VERSION_TABLE
+    per_collection = (name or "").startswith((HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX))
+    return not (type_ == "index" and reflected and per_collection)
+
+
+def _config(connection: sa.Connection) -> Config:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> None:
+    """Migrate the database up to ``revision`` (default: the newest)."""
+    from alembic import command
+
+    with transaction(url_or_engine) as connection:
+        # Concurrent first runs (several `crab` commands started at once) take turns.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crab migrate'))"))
+        command.upgrade(_config(connection), revision)
+
+
+def downgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "base") -> None:
+    """Migrate the database down to ``revision``; ``"base"`` drops every table of the package."""
+    from alembic import command
+
+    with transaction(url_or_engine) as connection:
+        command.downgrade(_config(connection), revision)
+
+
+def current(url_or_engine: str | sa.URL | sa.Engine | sa.Connection) -> str | None:
+    """The revision the database is at, or ``None`` when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    if isinstance(url_or_engine, sa.Connection):
+        context = MigrationContext.configure(url_or_engine, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
+    with transaction(url_or_engine) as connection:
+        return current(connection)
+
+
+def head() -> str:
+    """The newest revision shipped with the package."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    revision = ScriptDirectory.from_config(config).get_current_head()
+    if revision is None:
+        raise SchemaError(f"no migrations found in {migrations_dir()}; reinstall the package")
+    return revision
+
+
+def check(connection: sa.Connection) -> None:
+    """Raise :class:`SchemaError` unless the database is at the package's newest revision."""
+    at, newest = current(connection), head()
+    if at != newest:
+        raise SchemaError(
+            f"database {mask_url(connection.engine.url)} is at migration {at!r} but this "
+            f"version of llama_index_crab needs {newest!r}; "
+            "run `crab migrate`"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llama_index_crab.store.migrate")
+    parser.add_argument("action", choices=["upgrade", "downgrade", "current", "heads"])
+    parser.add_argument(
+        "revision", nargs="?", help="target revision (upgrade: head, downgrade: base)"
+    )
+    parser.add_argument("--url", default=os.environ.get("CRAB_DATABASE_URL"))
+    args = parser.parse_args(argv)
+    if args.action == "heads":
+        print(head())
+        return 0
+    if not args.url:
+        parser.error("give --url or set CRAB_DATABASE_URL")
+    try:
+        if args.action == "upgrade":
+            upgrade(args.url, args.revision or "head")
+        elif args.action == "downgrade":
+            downgrade(args.url, args.revision or "base")
+        print(current(args.url) or "base")
+    except (CrabError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
