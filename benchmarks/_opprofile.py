@@ -94,14 +94,10 @@ def profile_decode(
     """Profile decoding ``seqs`` (one micro-batch) with the model at ``path``."""
     import llama_cpp
 
-    from llama_index_crab.models.runtime import (
-        _POOLING_IDS,
-        _Context,
-        _install_log_callback,
-        model_params,
-    )
+    from llama_index_crab.models.gguf import pooling_number
+    from llama_index_crab.models.runtime import DecodeContext, install_log_callback, model_params
 
-    _install_log_callback()
+    install_log_callback()
     lib = _ggml_base()
     n = sum(len(s) for s in seqs)
     ubatch = max(512, n)
@@ -134,7 +130,7 @@ def profile_decode(
         p.n_seq_max = 64
         p.n_threads = p.n_threads_batch = 1
         p.embeddings = True
-        p.pooling_type = _POOLING_IDS[pooling]
+        p.pooling_type = pooling_number(pooling)
         p.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if flash_attn
@@ -150,7 +146,7 @@ def profile_decode(
     try:
         best_wall = float("inf")
         plain = context(False)
-        c = _Context(plain, ubatch, n_embd)
+        c = DecodeContext(plain, ubatch, n_embd)
         c.fill(seqs, None)
         for _ in range(repeats + 1):
             llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(plain), True)
@@ -159,7 +155,7 @@ def profile_decode(
             best_wall = min(best_wall, time.thread_time() - start)
         llama_cpp.llama_free(plain)
         stepped = context(True)
-        c = _Context(stepped, ubatch, n_embd)
+        c = DecodeContext(stepped, ubatch, n_embd)
         c.fill(seqs, None)
         best: dict[str, float] | None = None
         for i in range(repeats + 1):

@@ -32,9 +32,9 @@ class Workload:
 def _vocab(model_path: str) -> Any:
     from llama_cpp import Llama
 
-    from llama_index_crab.models.runtime import _install_log_callback
+    from llama_index_crab.models.runtime import install_log_callback
 
-    _install_log_callback()  # llama.cpp's logs to Python logging, not stderr
+    install_log_callback()  # llama.cpp's logs to Python logging, not stderr
     return Llama(model_path=model_path, vocab_only=True, verbose=False)
 
 

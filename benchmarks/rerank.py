@@ -44,9 +44,9 @@ class _PairLoop:
     def __init__(self, path: Path) -> None:
         import llama_cpp
 
-        from llama_index_crab.models.runtime import _install_log_callback
+        from llama_index_crab.models.runtime import install_log_callback
 
-        _install_log_callback()
+        install_log_callback()
         self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(
             model_path=str(path),

@@ -14,12 +14,12 @@ from llama_index.core.schema import MetadataMode, NodeWithScore
 from llama_index.core.vector_stores.types import (
     MetadataFilters,
     VectorStoreQuery,
-    VectorStoreQueryMode,
 )
 
 from .errors import ModelError
 from .models.embedding import LlamaCppEmbedding
 from .models.rerank import LlamaCppRerank
+from .store.modes import DEFAULT_MODE, HYBRID_DEPTH, check_mode, store_mode
 
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
@@ -48,15 +48,6 @@ BUNDLED_EMBEDDERS = {
     "q8_0": "all-MiniLM-L6-v2-q8_0.gguf",
 }
 DEFAULT_COLLECTION = "default"
-SEARCH_MODES = ("dense", "text", "hybrid")
-# Measured on tests/data/python-reference-qa (benchmarks/quality.py); see the README.
-DEFAULT_MODE = "hybrid"
-HYBRID_DEPTH = 100  # dense and text candidates fused (then cut to top_k)
-_STORE_MODES = {
-    "dense": VectorStoreQueryMode.DEFAULT,
-    "text": VectorStoreQueryMode.TEXT_SEARCH,
-    "hybrid": VectorStoreQueryMode.HYBRID,
-}
 # Small local models follow a short instruction after the sources better than a system prompt.
 QA_PROMPT = (
     "{sources}\n\nUsing only the sources above, answer in two or three sentences: {question}\n"
@@ -196,8 +187,7 @@ class Pipeline:
         llm: Any = None,
         mode: str = DEFAULT_MODE,
     ) -> None:
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        check_mode(mode)
         if similarity_top_k < 1 or top_n < 1:
             raise ValueError(
                 f"similarity_top_k and top_n must be ≥ 1, got {similarity_top_k}, {top_n}"
@@ -221,7 +211,7 @@ class Pipeline:
     def as_retriever(self, **kwargs: Any) -> BaseRetriever:
         """LlamaIndex's retriever over the store, in the pipeline's search mode."""
         kwargs.setdefault("similarity_top_k", self.similarity_top_k)
-        kwargs.setdefault("vector_store_query_mode", _STORE_MODES[self.mode])
+        kwargs.setdefault("vector_store_query_mode", store_mode(check_mode(self.mode)))
         return self.index.as_retriever(**kwargs)
 
     def as_query_engine(self, **kwargs: Any) -> RetrieverQueryEngine:
@@ -231,7 +221,7 @@ class Pipeline:
         LLM called) unless a chat model is given (``llm=``, or the pipeline's ``llm``)."""
         top = self.similarity_top_k if self.reranker is not None else self.top_n
         kwargs.setdefault("similarity_top_k", top)
-        kwargs.setdefault("vector_store_query_mode", _STORE_MODES[self.mode])
+        kwargs.setdefault("vector_store_query_mode", store_mode(check_mode(self.mode)))
         kwargs.setdefault("node_postprocessors", [self.reranker] if self.reranker else [])
         llm = kwargs.get("llm", self._llm)
         if llm is None and "response_synthesizer" not in kwargs:
@@ -291,9 +281,7 @@ class Pipeline:
         and the best ``top_n`` kept. Without one (or ``rerank=False``) nothing is cut after
         retrieval: ``top_n`` results, or ``top_k`` when only that is given.
         """
-        mode = mode or self.mode
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        mode = check_mode(mode or self.mode)
         reranking = rerank and self.reranker is not None
         if reranking:
             k = self.similarity_top_k if top_k is None else top_k
@@ -315,7 +303,7 @@ class Pipeline:
             query_str=text,
             similarity_top_k=max(k, HYBRID_DEPTH) if mode == "hybrid" else k,
             filters=filters,
-            mode=_STORE_MODES[mode],
+            mode=store_mode(mode),
             sparse_top_k=max(k, HYBRID_DEPTH) if mode == "hybrid" else None,
             hybrid_top_k=k,
         )
@@ -327,11 +315,7 @@ class Pipeline:
         ]
         if reranking and self.reranker is not None and hits:
             start = time.perf_counter()
-            texts = [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in hits]
-            for hit, score in zip(hits, self.reranker.score(text, texts)):
-                hit.node.metadata["retrieval_score"] = hit.score
-                hit.score = score
-            hits.sort(key=lambda h: -(h.score or 0.0))
+            hits = self.reranker.rerank_nodes(text, hits, top_n=n)
             timings["rerank"] = time.perf_counter() - start
         return SearchResult(hits[:n], timings, mode, reranking)
 
@@ -423,6 +407,7 @@ def build_pipeline(
         reranker = LlamaCppRerank(
             require_rerank_model(str(rerank_model or "")),
             top_n=top_n,
+            keep_retrieval_score=True,
             n_gpu_layers=n_gpu_layers,
             weights=rerank_weights,
         )

@@ -77,7 +77,9 @@ def test_query_prints_ranked_results_and_timings(cli: CliRunner, corpus: Path) -
     assert result.exit_code == 0, result.output
     assert " 1. " in result.output and " 3. " in result.output and " 4. " not in result.output
     assert "yield.md" in result.output
-    assert "embed" in result.output and "search" in result.output and "rerank" in result.output
+    status = result.output.strip().splitlines()[-1]
+    assert status.startswith("hybrid search, not reranked (no reranker set")
+    assert " ms, search " in status
 
 
 def test_query_json_no_rerank_and_filter(cli: CliRunner, corpus: Path) -> None:

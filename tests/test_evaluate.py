@@ -8,7 +8,7 @@ from _models import ROOT
 from click.testing import CliRunner
 
 from llama_index_crab.cli import main
-from llama_index_crab.eval.evaluate import load_beir, mrr_at, ndcg_at, recall_at
+from llama_index_crab.eval.evaluate import load_beir, mean_metrics, mrr_at, ndcg_at, recall_at
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 TOPICS = {
@@ -96,3 +96,10 @@ def test_crab_eval_reranks_when_a_reranker_is_given(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert set(_rows(result.output)) == {"dense", "dense + rerank"}
+
+
+def test_recall_is_measured_at_the_cutoff_it_reports() -> None:
+    qrels = {"q": {"a": 1, "b": 1}}
+    metrics = mean_metrics({"q": ["x", "a", "y", "b"]}, qrels, recall_k=2)
+    assert (metrics.recall, metrics.recall_k) == (0.5, 2)
+    assert mean_metrics({"q": ["x", "a", "y", "b"]}, qrels, recall_k=4).recall == 1.0

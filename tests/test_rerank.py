@@ -144,7 +144,7 @@ def test_long_document_is_cut_and_query_survives(toy: LlamaCppRerank) -> None:
     assert math.isfinite(tokens_score[0])
 
 
-def test_postprocessor_keeps_top_n_and_retrieval_score(f16: LlamaCppRerank) -> None:
+def test_postprocessor_keeps_top_n_and_retrieval_score() -> None:
     q = reference("rerank.json")["queries"][1]
     nodes = [
         NodeWithScore(node=TextNode(text=d["document"], id_=f"n{i}"), score=0.1 * i)

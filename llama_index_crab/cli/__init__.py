@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
+from ..store.modes import DEFAULT_MODE, SEARCH_MODES
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _EXPECTED = (FileNotFoundError, ValueError, TypeError, PermissionError)
@@ -301,8 +303,6 @@ def _filters(pairs: tuple[str, ...]) -> Any:
 
 
 def _search_options(f: F) -> F:
-    from ..pipeline import DEFAULT_MODE, SEARCH_MODES
-
     f = click.option(
         "--top-k",
         type=click.IntRange(min=1, max=2**31 - 1),
@@ -534,7 +534,7 @@ def drop(ctx: click.Context, name: str, yes: bool, database_url: str | None) -> 
 @click.option(
     "--mode",
     "modes",
-    type=click.Choice(("dense", "text", "hybrid")),
+    type=click.Choice(SEARCH_MODES),
     multiple=True,
     help="Search modes to score (repeatable; default all three).",
 )
@@ -571,13 +571,13 @@ def eval_(
 
         runs = paragraph_baseline(data.corpus, data.queries, pipe.embed_model, top=top_k)
         results["baseline: paragraphs, exact"] = mean_metrics(
-            {q: runs[q] for q in data.qrels}, data.qrels
+            {q: runs[q] for q in data.qrels}, data.qrels, top_k
         )
     results |= evaluate(
         data,
         pipe,
         top_k=top_k,
-        modes=modes or ("dense", "text", "hybrid"),
+        modes=modes or SEARCH_MODES,
         rerank=rerank,
         progress=lambda stage, n: bars[stage].update(n),
     )
@@ -592,7 +592,7 @@ def eval_(
     for name, m in results.items():
         click.echo(
             f"| {name} | {m.hit_at_10:.4f} | {m.ndcg_at_10:.4f} | {m.mrr_at_10:.4f} "
-            f"| {m.recall_at_100:.4f} |"
+            f"| {m.recall:.4f} |"
         )
 
 

@@ -1,4 +1,5 @@
-"""Retrieval quality on BEIR-format data: nDCG@10, recall@100, MRR@10, with and without rerank."""
+"""Retrieval quality on BEIR-format data: hit@10, nDCG@10, MRR@10 and recall, with and without
+rerank."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llama_index.core.schema import MetadataMode, NodeWithScore
+from llama_index.core.schema import NodeWithScore
 
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
@@ -47,11 +48,14 @@ class BeirData:
 
 @dataclass(frozen=True)
 class Metrics:
+    """Means over the queries; ``recall`` is at ``recall_k`` results."""
+
     ndcg_at_10: float
-    recall_at_100: float
+    recall: float
     mrr_at_10: float
     queries: int
     hit_at_10: float = 0.0
+    recall_k: int = 100
 
 
 def load_beir(folder: str | Path, split: str = "test") -> BeirData:
@@ -112,11 +116,12 @@ def mrr_at(ranked: Sequence[str], relevant: Mapping[str, int], k: int = 10) -> f
     return 0.0
 
 
-def mean_metrics(runs: Mapping[str, Sequence[str]], qrels: Qrels) -> Metrics:
+def mean_metrics(runs: Mapping[str, Sequence[str]], qrels: Qrels, recall_k: int = 100) -> Metrics:
     n = len(runs)
     return Metrics(
         ndcg_at_10=sum(ndcg_at(r, qrels[q]) for q, r in runs.items()) / max(n, 1),
-        recall_at_100=sum(recall_at(r, qrels[q]) for q, r in runs.items()) / max(n, 1),
+        recall=sum(recall_at(r, qrels[q], recall_k) for q, r in runs.items()) / max(n, 1),
+        recall_k=recall_k,
         mrr_at_10=sum(mrr_at(r, qrels[q]) for q, r in runs.items()) / max(n, 1),
         queries=n,
         hit_at_10=sum(hit_at(r, qrels[q]) for q, r in runs.items()) / max(n, 1),
@@ -172,11 +177,11 @@ def evaluate(
             )
             runs.setdefault(mode, {})[qid] = documents_of(found.hits, names)
             if reranking and pipeline.reranker is not None and found.hits:
-                texts = [h.node.get_content(metadata_mode=MetadataMode.EMBED) for h in found.hits]
-                scores = pipeline.reranker.score(data.queries[qid], texts)
-                order = sorted(range(len(scores)), key=lambda i: -scores[i])
-                ranked = documents_of([found.hits[i] for i in order], names)
+                hits = pipeline.reranker.rerank_nodes(
+                    data.queries[qid], found.hits, top_n=len(found.hits)
+                )
+                ranked = documents_of(hits, names)
                 runs.setdefault(f"{mode} + rerank", {})[qid] = ranked
         if progress:
             progress("query", 1)
-    return {name: mean_metrics(run, data.qrels) for name, run in runs.items()}
+    return {name: mean_metrics(run, data.qrels, top_k) for name, run in runs.items()}

@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from ..errors import ModelError
 from .gguf import resolve_model_path
-from .runtime import GpuOptions, _install_log_callback
+from .runtime import GpuOptions, install_log_callback
 
 __all__ = ["LlamaCppChat", "default_chat_model"]
 
@@ -83,7 +83,7 @@ class LlamaCppChat(CustomLLM, GpuOptions):
         if self._llm is None:
             from llama_cpp import Llama
 
-            _install_log_callback()
+            install_log_callback()
             with _model_params_as_ours():
                 self._llm = Llama(
                     model_path=self.model_path,

@@ -14,8 +14,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
 from ..errors import PoolingError, TruncationWarning
-from .gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
-from .runtime import POOLINGS, GpuOptions, LlamaRunner, load_once, runner_for
+from .gguf import POOLINGS, file_identity, gguf_pooling, read_metadata, resolve_model_path
+from .runtime import GpuOptions, LlamaRunner, load_once, runner_for
 from .weights import WeightsOption, model_file
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of none, mean, cls, last; got {self.pooling!r}")
         if self.pooling == "rank" or (
-            self.pooling is None and llm is None and gguf_pooling(path) == 4
+            self.pooling is None and llm is None and gguf_pooling(path) == "rank"
         ):
             raise PoolingError(
                 f"{path.name!r} is a cross-encoder (rank pooling): it scores (query, document) "
@@ -119,7 +119,7 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
         if self.pooling is not None:
             return self.pooling
         declared = gguf_pooling(Path(self.model_path))
-        return POOLINGS[declared] if declared is not None and 0 <= declared < 4 else "mean"
+        return declared if declared not in (None, "rank") else "mean"
 
     def identity(self) -> EmbeddingIdentity:
         """What a collection records about this model, so other models' vectors are refused."""

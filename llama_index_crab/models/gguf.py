@@ -14,13 +14,19 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = [
+    "POOLINGS",
     "file_identity",
     "gguf_pooling",
+    "pooling_name",
+    "pooling_number",
     "read_embedding_tables",
     "read_metadata",
     "resolve_model_path",
     "tensor_names",
 ]
+
+# llama.cpp's ``enum llama_pooling_type``, in order: a GGUF stores the number.
+POOLINGS = ("none", "mean", "cls", "last", "rank")
 
 _MAGIC = b"GGUF"
 
@@ -143,8 +149,22 @@ def _summary(path: Path) -> tuple[dict[str, object], frozenset[str]]:
     return meta, frozenset(t.name for t in reader.tensors)
 
 
-def gguf_pooling(path: Path) -> int | None:
-    """The ``{arch}.pooling_type`` a GGUF declares (0 none, 1 mean, 2 cls, 3 last, 4 rank)."""
+def pooling_name(value: object) -> str | None:
+    """llama.cpp's pooling type number (``enum llama_pooling_type``, as GGUFs store it) as
+    one of :data:`POOLINGS`; None when absent or unknown."""
+    try:
+        number = int(str(value))
+    except ValueError:
+        return None
+    return POOLINGS[number] if 0 <= number < len(POOLINGS) else None
+
+
+def pooling_number(name: str) -> int:
+    """The llama.cpp pooling type number of ``name`` (one of :data:`POOLINGS`)."""
+    return POOLINGS.index(name)
+
+
+def gguf_pooling(path: Path) -> str | None:
+    """The pooling a GGUF declares (``{arch}.pooling_type``), or None."""
     meta = read_metadata(path)
-    value = meta.get(f"{meta.get('general.architecture')}.pooling_type")
-    return int(value) if isinstance(value, int) else None
+    return pooling_name(meta.get(f"{meta.get('general.architecture')}.pooling_type"))

@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr
 
 from ..errors import PoolingError
 from .gguf import gguf_pooling, read_embedding_tables, resolve_model_path, tensor_names
-from .runtime import POOLINGS, GpuOptions, LlamaRunner, load_once, runner_for
+from .runtime import GpuOptions, LlamaRunner, load_once, runner_for
 from .weights import WeightsOption, model_file
 
 __all__ = ["LlamaCppRerank"]
@@ -190,7 +190,6 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
             raise ValueError("reranking needs a query; pass query_str or a QueryBundle")
         if not nodes:
             return []
-        texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
         with self.callback_manager.event(
             CBEventType.RERANKING,
             payload={
@@ -200,14 +199,26 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
                 EventPayload.TOP_K: self.top_n,
             },
         ) as event:
-            scores = self.score(query_bundle.query_str, texts)
-            for node, score in zip(nodes, scores):
-                if self.keep_retrieval_score:
-                    node.node.metadata["retrieval_score"] = node.score
-                node.score = score
-            ranked = sorted(nodes, key=lambda n: -(n.score or 0.0))[: self.top_n]
+            ranked = self.rerank_nodes(query_bundle.query_str, nodes)
             event.on_end(payload={EventPayload.NODES: ranked})
         return ranked
+
+    def rerank_nodes(
+        self, query: str, nodes: list[NodeWithScore], top_n: int | None = None
+    ) -> list[NodeWithScore]:
+        """Score ``nodes`` against ``query`` (their embed-mode content) and return them best
+        first, at most ``top_n`` (default: the ``top_n`` field). The scores replace the nodes'
+        own; the first-stage score is kept as ``metadata['retrieval_score']`` when
+        ``keep_retrieval_score`` is set."""
+        if not nodes:
+            return []
+        texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
+        for node, score in zip(nodes, self.score(query, texts)):
+            if self.keep_retrieval_score:
+                node.node.metadata["retrieval_score"] = node.score
+            node.score = score
+        ranked = sorted(nodes, key=lambda n: -(n.score or 0.0))
+        return ranked[: self.top_n if top_n is None else top_n]
 
 
 def _positive_index(runner: LlamaRunner) -> int:
@@ -226,8 +237,8 @@ def _positive_index(runner: LlamaRunner) -> int:
 
 def _refuse_non_cross_encoder(path: Path) -> None:
     pooling = gguf_pooling(path)
-    if pooling != 4:
-        declared = POOLINGS[pooling] if pooling is not None and 0 <= pooling < 5 else "no"
+    if pooling != "rank":
+        declared = pooling or "no"
         raise PoolingError(
             f"{path.name!r} declares {declared!r} pooling, not rank: it is not a cross-encoder "
             "(scoring pairs with it returns garbage); use LlamaCppEmbedding for embedding "

@@ -21,21 +21,20 @@ from pydantic import BaseModel, Field
 
 from ..errors import EmbeddingModeError, ModelError
 from .batching import plan_batches
-from .gguf import file_identity, resolve_model_path
+from .gguf import POOLINGS, file_identity, pooling_name, pooling_number, resolve_model_path
 
 __all__ = [
-    "POOLINGS",
     "SPLIT_MODES",
+    "DecodeContext",
     "GpuOptions",
     "LlamaRunner",
     "ModelInfo",
+    "install_log_callback",
     "load_once",
     "model_params",
     "runner_for",
 ]
 
-POOLINGS = ("none", "mean", "cls", "last", "rank")
-_POOLING_IDS = {name: i for i, name in enumerate(POOLINGS)}
 _MAX_SEQS = 64
 SPLIT_MODES = ("none", "layer", "row")  # llama_split_mode 0, 1, 2
 _ALL_LAYERS = 0x7FFFFFFF  # what llama-cpp-python passes for n_gpu_layers=-1
@@ -44,7 +43,7 @@ _log = logging.getLogger("llama_index_crab.llama_cpp")
 _log_callback: Any = None
 
 
-def _install_log_callback() -> None:
+def install_log_callback() -> None:
     """Route llama.cpp's logs to Python logging (DEBUG) instead of stderr."""
     global _log_callback
     if _log_callback is not None:
@@ -147,7 +146,7 @@ def _amx_cpu() -> bool:
         return False
 
 
-class _Context:
+class DecodeContext:
     """One llama.cpp context plus a reusable batch whose arrays numpy fills."""
 
     def __init__(self, ctx: Any, n_tokens: int, n_embd_in: int) -> None:
@@ -211,7 +210,7 @@ class LlamaRunner:
     ) -> None:
         import llama_cpp
 
-        _install_log_callback()
+        install_log_callback()
         llama_cpp.llama_backend_init()
         self._own = not isinstance(model, llama_cpp.Llama)
         self._lock = threading.Lock()
@@ -238,7 +237,7 @@ class LlamaRunner:
         self.pooling = self._choose_pooling(pooling, model)
         limit = self.info.n_ctx_train if self.info.n_ctx_train > 0 else 512
         self.max_length = min(max_length or limit, limit)
-        self._contexts: queue.Queue[_Context] = queue.Queue()
+        self._contexts: queue.Queue[DecodeContext] = queue.Queue()
         if self._own:
             self.batch_tokens = batch_tokens
             ubatch = max(batch_tokens, self.max_length)
@@ -246,7 +245,7 @@ class LlamaRunner:
             self._split = max(1, self._threads // max(1, n_contexts))
             for _ in range(max(1, n_contexts)):
                 ctx = self._new_context(ubatch, self._threads, flash_attn)
-                self._contexts.put(_Context(ctx, ubatch, self.n_embd_in))
+                self._contexts.put(DecodeContext(ctx, ubatch, self.n_embd_in))
             self.n_seq_max = min(_MAX_SEQS, llama_cpp.llama_max_parallel_sequences())
         else:
             ctx = model.ctx
@@ -255,7 +254,7 @@ class LlamaRunner:
             self.batch_tokens = min(batch_tokens, ubatch)
             self.n_seq_max = llama_cpp.llama_n_seq_max(ctx)
             self._threads = self._split = 0
-            self._contexts.put(_Context(ctx, ubatch, self.n_embd_in))
+            self._contexts.put(DecodeContext(ctx, ubatch, self.n_embd_in))
         self.n_contexts = self._contexts.qsize()
         self._pool = ThreadPoolExecutor(self.n_contexts) if self.n_contexts > 1 else None
 
@@ -289,7 +288,7 @@ class LlamaRunner:
         p.n_seq_max = min(_MAX_SEQS, llama_cpp.llama_max_parallel_sequences())
         p.n_threads = p.n_threads_batch = threads
         p.embeddings = True
-        p.pooling_type = _POOLING_IDS[self.pooling]
+        p.pooling_type = pooling_number(self.pooling)
         p.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
             if flash_attn
@@ -362,7 +361,7 @@ class LlamaRunner:
             self._current_threads = n
 
     @contextmanager
-    def _borrow(self) -> Iterator[_Context]:
+    def _borrow(self) -> Iterator[DecodeContext]:
         c = self._contexts.get()
         try:
             yield c
@@ -371,7 +370,7 @@ class LlamaRunner:
 
     def _decode(
         self,
-        c: _Context,
+        c: DecodeContext,
         seqs: Sequence[Sequence[int]],
         embeds: Sequence[np.ndarray] | None,
         token_level: bool,
@@ -488,7 +487,7 @@ def _read_info(model: Any, path: Path | None) -> ModelInfo:
     vocab = llama_cpp.llama_model_get_vocab(model)
     arch = _meta(model, "general.architecture") or "unknown"
     raw_pooling = _meta(model, f"{arch}.pooling_type")
-    gguf_pooling = POOLINGS[int(raw_pooling)] if raw_pooling and 0 <= int(raw_pooling) < 5 else None
+    gguf_pooling = pooling_name(raw_pooling)
     probe = _tokenize(model, "a", add_special=False, parse_special=False)
     full = _tokenize(model, "a", add_special=True, parse_special=False)
     at = _find(full, probe)

@@ -109,9 +109,9 @@ def _source_hash(path: Path, mtime_ns: int, size: int) -> str:
 def _quantize(src: Path, dst: Path) -> None:
     import llama_cpp
 
-    from .runtime import _install_log_callback
+    from .runtime import install_log_callback
 
-    _install_log_callback()
+    install_log_callback()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
     params.allow_requantize = True  # q8_0 -> f32 dequantizes; exact

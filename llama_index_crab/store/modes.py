@@ -1,0 +1,33 @@
+"""Search modes: the names users pass, and the LlamaIndex query mode each one runs."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+__all__ = ["DEFAULT_MODE", "HYBRID_DEPTH", "SEARCH_MODES", "SearchMode", "check_mode", "store_mode"]
+
+SearchMode = Literal["dense", "text", "hybrid"]
+SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
+# Chosen on the labelled sets (benchmarks/quality.py); the README has the numbers.
+DEFAULT_MODE: SearchMode = "hybrid"
+HYBRID_DEPTH = 100  # dense and text candidates fused (then cut to top_k)
+
+_STORE_MODES = {
+    "dense": VectorStoreQueryMode.DEFAULT,
+    "text": VectorStoreQueryMode.TEXT_SEARCH,
+    "hybrid": VectorStoreQueryMode.HYBRID,
+}
+
+
+def check_mode(mode: str) -> SearchMode:
+    """``mode`` if it is a search mode, else a ValueError naming the choices."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+    return mode
+
+
+def store_mode(mode: SearchMode) -> VectorStoreQueryMode:
+    """The LlamaIndex query mode that runs ``mode`` on :class:`PostgresVectorStore`."""
+    return _STORE_MODES[mode]
