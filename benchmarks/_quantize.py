@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from llama_index_crab.models.hub import sha256
+from llama_index_crab.models.gguf import file_sha256 as sha256
 
 __all__ = ["SHARED", "cached", "sha256", "to_bf16"]
 

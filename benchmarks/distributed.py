@@ -149,7 +149,6 @@ def _writer(url: str, collection: str, name: str, rows: int, ready: Any, go: Any
     from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 
     from llama_index_crab import PostgresVectorStore
-    from llama_index_crab.store.documents import replace_documents
 
     store = PostgresVectorStore(url, collection, identity=_identity())
     rng = np.random.default_rng(int(name[1:]))
@@ -171,7 +170,7 @@ def _writer(url: str, collection: str, name: str, rows: int, ready: Any, go: Any
     ready.wait()
     go.wait()
     for i in range(0, len(batches), DOCS_PER_WRITE):
-        replace_documents(store, dict(batches[i : i + DOCS_PER_WRITE]))
+        store.replace_documents(dict(batches[i : i + DOCS_PER_WRITE]))
     store.close()
 
 

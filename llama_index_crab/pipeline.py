@@ -235,11 +235,16 @@ class Pipeline:
 
     @property
     def llm(self) -> LlamaCppChat:
+        """The chat model ``ask`` generates with (the default one, loaded on first use)."""
         if self._llm is None:
             from .models.chat import LlamaCppChat
 
             self._llm = LlamaCppChat()
         return self._llm  # type: ignore[no-any-return]
+
+    @llm.setter
+    def llm(self, value: Any) -> None:
+        self._llm = value
 
     # -- the jobs -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from llama_index_crab import pipeline
 from llama_index_crab.errors import ModelError
 from llama_index_crab.models import hub as _hub
 from llama_index_crab.models.cpu import preferred_weights
+from llama_index_crab.models.gguf import file_sha256
 from llama_index_crab.models.weights import f32_copy
 
 # Runs the CLI with pipeline.BUNDLED_MODELS moved to argv[1] (a folder without models).
@@ -34,7 +35,7 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 def seed_cache(hf_home: Path, file: _hub.HubFile, source: Path) -> Path:
     """Put ``source`` into a Hugging Face cache as ``hf_hub_download`` leaves a file."""
     repo = hf_home / "hub" / ("models--" + file.repo_id.replace("/", "--"))
-    blob = repo / "blobs" / _hub.sha256(source)
+    blob = repo / "blobs" / file_sha256(source)
     blob.parent.mkdir(parents=True)
     shutil.copyfile(source, blob)
     (repo / "refs").mkdir()

@@ -31,7 +31,6 @@ from llama_index_crab.server import postgres as server
 from llama_index_crab.store import migrate
 from llama_index_crab.store.collections import EmbeddingIdentity
 from llama_index_crab.store.db import to_url
-from llama_index_crab.store.documents import replace_documents
 from llama_index_crab.store.vector_store import PostgresVectorStore
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
@@ -144,7 +143,7 @@ def test_restart_mid_transaction_loses_nothing_and_the_store_reconnects(
     new = [node(f"doc-{i}", unit(rng, DIM), f"new {i}", doc="doc") for i in range(10)]
     store = PostgresVectorStore(url, "restart", IDENTITY)
     collection = store.create_collection()
-    replace_documents(store, {"doc": old, "other": [node("other", unit(rng, DIM), doc="other")]})
+    store.replace_documents({"doc": old, "other": [node("other", unit(rng, DIM), doc="other")]})
     before = snapshot(url)
 
     blocker = _block_the_upsert(url, collection.id, "doc-9")
@@ -152,7 +151,7 @@ def test_restart_mid_transaction_loses_nothing_and_the_store_reconnects(
 
     def replace() -> None:
         try:
-            replace_documents(store, {"doc": new})
+            store.replace_documents({"doc": new})
         except BaseException as exc:
             errors.append(exc)
 
@@ -177,7 +176,7 @@ def test_restart_mid_transaction_loses_nothing_and_the_store_reconnects(
     assert server.start(pgdata) == url
     assert snapshot(url) == before  # the old document, whole; nothing of the new one
     assert staging_rows(url) == 0
-    replace_documents(store, {"doc": new})  # the same store object simply reconnects
+    store.replace_documents({"doc": new})  # the same store object simply reconnects
     assert sorted(n.get_content() for n in store.get_nodes() if n.ref_doc_id == "doc") == sorted(
         f"new {i}" for i in range(10)
     )

@@ -405,7 +405,7 @@ def ask(
     if chat_model:
         from ..models.chat import LlamaCppChat
 
-        pipe._llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=opts["n_gpu_layers"])
+        pipe.llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=opts["n_gpu_layers"])
     found, answer = pipe.ask(question, **_search_args(opts, filters))
     sources = [
         (i, source_name(hit), float(hit.score or 0.0), " ".join(hit.node.get_content().split()))

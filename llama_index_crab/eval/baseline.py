@@ -61,7 +61,7 @@ def paragraph_baseline(
 ) -> dict[str, list[str]]:
     """``{query id: corpus ids of the best ``top`` paragraphs, in order}``."""
     runner = embed_model.runner
-    room = runner.max_length - len(runner.info.head) - len(runner.info.tail)
+    room = embed_model.text_room
     owners: list[str] = []
     texts: list[str] = []
     for doc_id, text in corpus.items():

@@ -4,7 +4,7 @@ The driver lists the files and the hashes already stored; reader actors read and
 (unchanged files are skipped there, as in a single-process run); a pool of embedding
 actors, spread over the cluster's nodes, loads the model once each; a few writer actors
 (one database connection each) write every batch of whole documents in one transaction
-with :func:`.documents.replace_documents`, the single-process write path. A worker that
+with :meth:`.PostgresVectorStore.replace_documents`, the single-process write path. A worker that
 dies is restarted by Ray and its batch redone; since a document is only ever replaced
 whole, a retried or interrupted run leaves no duplicate and no partial document.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError, CrabError
-from ..store.documents import document_hashes
 from .files import FileSet, find_files
 from .local import IngestReport, Progress, prune_documents, record_written, splitter_for
 
@@ -88,7 +87,7 @@ def ingest_distributed(
     inspect.signature(splitter_for).bind(embed_model, **chunking)  # a bad option fails here
     found = paths if isinstance(paths, FileSet) else find_files(paths)
     report = IngestReport(problems=list(found.problems))
-    known = document_hashes(store)  # the database is checked before any work is sent out
+    known = store.document_hashes()  # the database is checked before any work is sent out
     import ray
 
     owned = not ray.is_initialized()

@@ -1,7 +1,7 @@
 """What runs inside the Ray cluster: the reader, embedding and writer actors.
 
 Each is a thin wrapper around the single-process ingest's own steps (:mod:`.ingest`,
-:func:`.documents.replace_documents`), so both paths chunk, embed and write alike.
+:meth:`.PostgresVectorStore.replace_documents`), so both paths chunk, embed and write alike.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 from llama_index.core.schema import TextNode
 
-from ..store.documents import replace_documents
 from .files import Problem
 from .local import embed_nodes, prepare_documents, splitter_for
 
@@ -127,7 +126,7 @@ class Writer:
                 documents.setdefault(doc_id, []).extend(nodes)
                 hashes[doc_id] = text_hash
         start = time.perf_counter()
-        replace_documents(self.store, documents)
+        self.store.replace_documents(documents)
         return {
             "docs": list(hashes.items()),
             "chunks": sum(len(nodes) for nodes in documents.values()),

@@ -183,11 +183,20 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
             mats = [m / np.linalg.norm(m, axis=1, keepdims=True) for m in mats]
         return mats
 
+    @property
+    def text_room(self) -> int:
+        """Tokens of text one sequence holds: the context less the start and end tokens."""
+        return self._text_room(self.runner)
+
+    def _text_room(self, runner: LlamaRunner) -> int:
+        head = runner.info.head if self.add_start_token else ()
+        return runner.max_length - len(head) - len(runner.info.tail)
+
     def _encode(self, runner: LlamaRunner, texts: list[str], prefix: str) -> list[list[int]]:
         info = runner.info
         head = list(info.head) if self.add_start_token else []
         tail = list(info.tail)
-        room = runner.max_length - len(head) - len(tail)
+        room = self._text_room(runner)
         seqs: list[list[int]] = []
         cut: list[int] = []
         for i, text in enumerate(texts):

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "POOLINGS",
     "file_identity",
+    "file_sha256",
     "gguf_pooling",
     "pooling_name",
     "pooling_number",
@@ -82,14 +83,19 @@ def _download(spec: str) -> Path:
         raise ModelError(f"could not download {filename!r} from {repo_id!r}: {exc}") from exc
 
 
-@lru_cache(maxsize=32)
-def file_identity(path: Path) -> str:
-    """A stable identity for a model file: its name and the first 12 hex digits of its sha256."""
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return f"{path.name}@{digest.hexdigest()[:12]}"
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=32)
+def file_identity(path: Path) -> str:
+    """A stable identity for a model file: its name and the first 12 hex digits of its sha256."""
+    return f"{path.name}@{file_sha256(path)[:12]}"
 
 
 def read_embedding_tables(path: Path) -> tuple[np.ndarray, np.ndarray] | None:

@@ -7,11 +7,11 @@ cache and read from there afterwards, without asking the network again.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
+from .gguf import file_sha256
 
 __all__ = [
     "BUNDLED_EMBEDDER",
@@ -19,7 +19,6 @@ __all__ = [
     "DEFAULT_EMBEDDER",
     "HubFile",
     "fetch",
-    "sha256",
 ]
 
 
@@ -76,17 +75,9 @@ def fetch(file: HubFile, env: str) -> Path:
                 f"cache and could not be fetched ({reason}); connect to the internet once "
                 f"(with {_FIX}), or set {env} to a GGUF path"
             ) from exc
-    if file.sha256 is not None and sha256(path) != file.sha256:
+    if file.sha256 is not None and (found := file_sha256(path)) != file.sha256:
         raise ModelError(
-            f"{path} has sha256 {sha256(path)}, not the expected {file.sha256}; delete it from "
+            f"{path} has sha256 {found}, not the expected {file.sha256}; delete it from "
             f"the Hugging Face cache to fetch it again, or set {env} to a GGUF path"
         )
     return path
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from ..errors import EmbeddingModeError, ModelError
 from .batching import plan_batches
+from .cpu import cpu_flags
 from .gguf import POOLINGS, file_identity, pooling_name, pooling_number, resolve_model_path
 
 __all__ = [
@@ -139,11 +140,7 @@ def _amx_cpu() -> bool:
     """Whether the CPU reports Intel AMX. llama.cpp's AMX weight buffers then die with
     SIGILL on virtual machines that report AMX without enabling it, so on such CPUs the
     extra (repacked) weight buffers are turned off; other CPUs keep them."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return any(line.startswith("flags") and " amx_tile" in line for line in info)
-    except OSError:
-        return False
+    return "amx_tile" in cpu_flags()
 
 
 class DecodeContext:

@@ -1,10 +1,9 @@
-"""float32 copies of GGUF weights, made once with llama.cpp's own quantize API (issue #17).
+"""float32 copies of GGUF weights, made once with llama.cpp's own quantize API.
 
-llama.cpp's float32 matmuls (tinyBLAS) need no conversion per block: on an AVX-512 CPU a small
-BERT embedded 1.23× and reranked 1.32× faster than with q8_0 weights, and ~1.2× faster than
-with bf16 (``benchmarks/kernels.py``, ``docs/performance.md``). Widening is exact: every f16,
-bf16 or q8_0 weight is a float32 value, so the copy computes the same model as the file, with
-float32 activations where the 16-bit and q8_0 kernels round them.
+llama.cpp's float32 matmuls (tinyBLAS) need no conversion per block, which makes them the
+fastest on some CPUs and not on others (``benchmarks/kernels.py``, ``docs/performance.md``).
+Widening is exact: every f16, bf16 or q8_0 weight is a float32 value, so the copy computes the
+same model as the file, with float32 activations where the 16-bit and q8_0 kernels round them.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Literal, overload
 from pydantic import BaseModel, Field
 
 from ..errors import ModelError
-from .hub import sha256
+from .gguf import file_sha256
 
 __all__ = ["WIDENABLE", "WeightsOption", "cache_dir", "f32_copy", "file_type", "model_file"]
 
@@ -103,7 +102,7 @@ def f32_copy(path: Path, cache: Path | None = None) -> Path:
 @functools.lru_cache(maxsize=16)
 def _source_hash(path: Path, mtime_ns: int, size: int) -> str:
     """The first 16 hex digits of the file's sha256, hashed once per version of the file."""
-    return sha256(path)[:16]
+    return file_sha256(path)[:16]
 
 
 def _quantize(src: Path, dst: Path) -> None:

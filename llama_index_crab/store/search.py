@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,8 +19,8 @@ from .schema import nodes
 # node id, text, metadata (with ``_node_content``), score
 Hit = tuple[str, str, dict[str, Any], float]
 RRF_K = 60
-# The dense ranking's weight in the fusion, measured on tests/data/python-reference-qa
-# (benchmarks/quality.py): 0.5 → nDCG@10 0.775, 0.7 → 0.798, 0.8 → 0.806 (dense alone 0.778).
+# The dense ranking's weight in the fusion, chosen on the labelled sets (benchmarks/quality.py;
+# the README has the sweep).
 DEFAULT_ALPHA = 0.8
 STORED = (nodes.c.node_id, nodes.c.text, nodes.c.metadata, nodes.c.node_content)
 
@@ -118,13 +117,6 @@ def probe(
     return sa.select(*columns).order_by(distance).limit(k)
 
 
-def question_terms(query: str) -> str:
-    """``query`` as a web-search OR of its words: a question matches the rows that share
-    any of its terms, not only rows holding all of them. Quotes and ``-`` lose their
-    operator meaning; the collection's text search config drops stop words and stems."""
-    return " or ".join(word for word in re.findall(r"\w+", query) if word.lower() != "or")
-
-
 # A question term found in more of a collection's rows than this is one of the collection's
 # stop words (BM25 gives it little weight): it is neither counted past this nor matched.
 # And rows are matched by the rarest terms only, as long as they hold at most MATCH_BUDGET
@@ -207,23 +199,6 @@ def text(
         .join_from(nodes, scores, nodes.c.node_id == scores.c.node_id)
         .where(in_collection)
         .order_by(scores.c.score.desc(), nodes.c.node_id)
-    )
-
-
-def text_cover_density(
-    collection: Collection, query: str, k: int, predicate: ColumnElement[bool]
-) -> sa.Select[tuple[str, str, dict[str, Any], float]]:
-    """Top ``k`` by ``ts_rank_cd`` among rows sharing a term with ``query`` (no IDF)."""
-    tsquery = sa.func.websearch_to_tsquery(
-        sa.cast(sa.literal(collection.text_search_config), REGCONFIG),
-        sa.literal(question_terms(query), sa.Text),
-    )
-    rank = sa.func.ts_rank_cd(nodes.c.text_search, tsquery, type_=sa.Float)
-    return (
-        sa.select(*STORED, rank.label("score"))
-        .where(predicate, nodes.c.text_search.op("@@")(tsquery))
-        .order_by(rank.desc(), nodes.c.node_id)
-        .limit(k)
     )
 
 

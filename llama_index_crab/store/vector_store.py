@@ -7,7 +7,7 @@ runs DDL: the schema belongs to the migrations, collections are created explicit
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -26,6 +26,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from . import documents as _documents
 from . import mmr as _mmr
 from . import search as _search
 from .collections import Collection, EmbeddingIdentity, create_collection, get_collection
@@ -227,6 +228,44 @@ class PostgresVectorStore(BasePydanticVectorStore):
         with self._begin() as (connection, collection):
             self._write(connection, collection, nodes)
         return [node.node_id for node in nodes]
+
+    def replace_documents(self, documents: Mapping[str, Sequence[BaseNode]]) -> None:
+        """Make each document's nodes exactly ``documents[ref_doc_id]``, all in one transaction.
+
+        Old chunks of these documents disappear in the same commit that writes the new ones,
+        so a reader or a crash never sees a document half old, half new.
+        """
+        if not documents:
+            return
+        batch = [node for chunk in documents.values() for node in chunk]
+        with self._begin() as (connection, collection):
+            _documents.clear(connection, collection.id, list(documents))
+            if batch:
+                self._write(connection, collection, batch)
+
+    def replace_document_batches(
+        self, ref_doc_id: str, batches: Iterable[Sequence[BaseNode]]
+    ) -> None:
+        """Make one document's nodes exactly those of ``batches``, in one transaction: each
+        batch is written as soon as ``batches`` yields it (it may embed lazily), so only one
+        batch is in memory, and still a reader or a crash sees the old document or the new."""
+        with self._begin() as (connection, collection):
+            _documents.clear(connection, collection.id, [ref_doc_id])
+            for batch in batches:
+                if batch:
+                    self._write(connection, collection, batch)
+
+    def delete_documents(self, ref_doc_ids: Sequence[str]) -> None:
+        """Delete every node of these documents, in one transaction."""
+        if ref_doc_ids:
+            with self._begin() as (connection, collection):
+                _documents.clear(connection, collection.id, list(ref_doc_ids))
+
+    def document_hashes(self) -> dict[str, str]:
+        """``{ref_doc_id: metadata['doc_hash']}`` for every document in the collection (read
+        on the primary: ingest decides from it what to write)."""
+        with self._begin() as (connection, collection):
+            return _documents.hashes(connection, collection.id)
 
     def _write(
         self, connection: sa.Connection, collection: Collection, nodes: Sequence[BaseNode]
