@@ -18,21 +18,25 @@ from .errors import (
     TruncationWarning,
     VectorValueError,
 )
+from .ingest.local import IngestReport
 from .models.chat import LlamaCppChat
 from .models.embedding import LlamaCppEmbedding
 from .models.rerank import LlamaCppRerank
-from .pipeline import Pipeline, build_pipeline
+from .pipeline import Pipeline, SearchResult, build_pipeline
 from .store.collections import (
+    CollectionInfo,
     EmbeddingIdentity,
     build_index,
     create_collection,
     drop_collection,
     list_collections,
 )
+from .store.modes import SearchMode
 from .store.vector_store import PostgresVectorStore
 
 __all__ = [
     "ClusterError",
+    "CollectionInfo",
     "CollectionMismatchError",
     "CollectionNotFoundError",
     "CrabError",
@@ -40,6 +44,7 @@ __all__ = [
     "EmbeddingIdentity",
     "EmbeddingModeError",
     "ExtractiveSynthesizer",
+    "IngestReport",
     "InputTooLongError",
     "LlamaCppChat",
     "LlamaCppEmbedding",
@@ -51,6 +56,8 @@ __all__ = [
     "PostgresVectorStore",
     "ReplicaWarning",
     "SchemaError",
+    "SearchMode",
+    "SearchResult",
     "StoreError",
     "TruncationWarning",
     "VectorValueError",

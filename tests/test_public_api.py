@@ -10,6 +10,7 @@ from llama_index_crab.models.batching import plan_batches
 def test_all_is_locked() -> None:
     assert llama_index_crab.__all__ == [
         "ClusterError",
+        "CollectionInfo",
         "CollectionMismatchError",
         "CollectionNotFoundError",
         "CrabError",
@@ -17,6 +18,7 @@ def test_all_is_locked() -> None:
         "EmbeddingIdentity",
         "EmbeddingModeError",
         "ExtractiveSynthesizer",
+        "IngestReport",
         "InputTooLongError",
         "LlamaCppChat",
         "LlamaCppEmbedding",
@@ -28,6 +30,8 @@ def test_all_is_locked() -> None:
         "PostgresVectorStore",
         "ReplicaWarning",
         "SchemaError",
+        "SearchMode",
+        "SearchResult",
         "StoreError",
         "TruncationWarning",
         "VectorValueError",

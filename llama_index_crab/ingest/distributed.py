@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError, CrabError
+from .batching import Batcher, WriteGroup
 from .files import FileSet, find_files
 from .local import IngestReport, Progress, prune_documents, record_written, splitter_for
 
@@ -104,7 +105,7 @@ def ingest_distributed(
     try:
         spec = tuple((name, getattr(embed_model, name)) for name in SPEC_FIELDS)
         run = _Run(ray, spec, store, cpus_per_worker, writers, max_retries, workers)
-        run.chunking, run.batch_chunks = tuple(sorted(chunking.items())), batch_chunks
+        run.chunking, run.batcher = tuple(sorted(chunking.items())), Batcher(batch_chunks)
         run.ingest(found, known, report, files_per_task, progress)
     finally:
         if owned:
@@ -122,7 +123,6 @@ class _Run:
     """One run's actors, and the driver loop that feeds them in the single-process order."""
 
     chunking: tuple[tuple[str, Any], ...] = ()
-    batch_chunks: int = 512
 
     def __init__(
         self,
@@ -164,8 +164,7 @@ class _Run:
         self.units: deque[tuple[list[Part], int]] = deque()  # (job, its write group)
         self.groups: list[list[Any]] = []  # per write group: its embedded jobs
         self.sizes: list[int] = []  # per write group: how many jobs it waits for
-        self.pending: list[Part] = []
-        self.pending_chunks = 0
+        self.batcher: Batcher[tuple[Any, int]] = Batcher(512)
 
     def ingest(
         self,
@@ -185,7 +184,7 @@ class _Run:
         queued = [0] * len(self.writers)
         ahead = len(self.embedders)  # reads in flight: reading is ~3 % of the work
         try:
-            while tasks or reads or self.pending or self.units or embedding or writing:
+            while tasks or reads or self.batcher or self.units or embedding or writing:
                 while tasks and len(reads) < ahead and len(self.units) <= IN_FLIGHT * ahead:
                     read = self.readers[len(tasks) % len(self.readers)].read
                     head, body = read.options(num_returns=2).remote(
@@ -239,23 +238,16 @@ class _Run:
         if progress is not None and head["unchanged"] + head["empty"]:
             progress(head["unchanged"] + head["empty"], 0)
         for i, chunks in enumerate(head["chunks"]):
-            if chunks > self.batch_chunks:  # a large document: its own batches, one write
-                self._flush()
-                size = self.batch_chunks
-                self._group([[(body, i, s, min(s + size, chunks))] for s in range(0, chunks, size)])
-                continue
-            self.pending.append((body, i, 0, chunks))
-            self.pending_chunks += chunks
-            if self.pending_chunks >= self.batch_chunks:
-                self._flush()
+            for group in self.batcher.add((body, i), chunks):
+                self._group(group)
 
     def _flush(self) -> None:
-        if self.pending:
-            self._group([self.pending])
-            self.pending, self.pending_chunks = [], 0
+        for group in self.batcher.flush():
+            self._group(group)
 
-    def _group(self, jobs: list[list[Part]]) -> None:
-        """Embed ``jobs`` (each in one call) and write their documents in one transaction."""
+    def _group(self, group: WriteGroup[tuple[Any, int]]) -> None:
+        """Embed each job of ``group`` in one call; write its documents in one transaction."""
+        jobs = [[(body, i, start, end) for (body, i), start, end in job] for job in group]
         self.units.extend((job, len(self.groups)) for job in jobs)
         self.groups.append([])
         self.sizes.append(len(jobs))

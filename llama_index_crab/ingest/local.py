@@ -21,6 +21,7 @@ from llama_index.core.schema import (
     TextNode,
 )
 
+from .batching import Batcher, WriteGroup
 from .chunking import CHUNK_OVERLAP, CHUNK_SIZE, Chunker, relative_path
 from .files import SUPPORTED_SUFFIXES, FileDoc, FileSet, Problem, find_files, read_documents
 
@@ -81,13 +82,23 @@ def ingest_paths(
     file) are removed. A document of more than ``batch_chunks`` chunks is embedded and
     written batch by batch, still in one transaction.
     """
-    if batch_chunks < 1:
-        raise ValueError(f"batch_chunks must be ≥ 1, got {batch_chunks!r}")
+    batcher: Batcher[tuple[FileDoc, list[TextNode]]] = Batcher(batch_chunks)
     found = paths if isinstance(paths, FileSet) else find_files(paths)
     report = IngestReport(problems=list(found.problems))
     splitter = splitter_for(embed_model, chunk_size, chunk_overlap, whole=whole, title=title)
     known = store.document_hashes()
-    pending: list[tuple[FileDoc, list[TextNode]]] = []
+
+    def write(groups: list[WriteGroup[tuple[FileDoc, list[TextNode]]]]) -> None:
+        for group in groups:
+            if len(group) > 1:  # one large document, embedded call by call, written whole
+                ((doc, nodes), _, _), *_ = (job[0] for job in group)
+                _write_in_batches(
+                    doc, nodes, embed_model, store, known, report, progress, batch_chunks
+                )
+            else:
+                pending = [document for document, _, _ in group[0]]
+                _flush(pending, embed_model, store, known, report, progress)
+
     start = time.perf_counter()
     docs = prepare_documents(found.files, splitter, known, found.folders, report.problems)
     for status, doc, nodes in docs:
@@ -97,19 +108,13 @@ def ingest_paths(
             if progress is not None:
                 progress(1, 0)
             continue
-        if len(nodes) > batch_chunks:
+        groups = batcher.add((doc, nodes), len(nodes))
+        if groups:
             report.seconds["read"] += time.perf_counter() - start
-            _flush(pending, embed_model, store, known, report, progress)
-            _write_in_batches(doc, nodes, embed_model, store, known, report, progress, batch_chunks)
-            start = time.perf_counter()
-            continue
-        pending.append((doc, nodes))
-        if sum(len(n) for _, n in pending) >= batch_chunks:
-            report.seconds["read"] += time.perf_counter() - start
-            _flush(pending, embed_model, store, known, report, progress)
+            write(groups)
             start = time.perf_counter()
     report.seconds["read"] += time.perf_counter() - start
-    _flush(pending, embed_model, store, known, report, progress)
+    write(batcher.flush())
     if prune:
         report.removed = prune_documents(store, found, known)
     return report
