@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - the main job on the bundled corpus and models
 #   make test   - the whole test suite
+#   make test-fast - the tests that load no model (about two minutes), for the edit-run loop
 # Both create .venv and install the package into it first (llama-cpp-python compiles
 # llama.cpp on first install, about 11 minutes on 2 cores; pip's wheel cache keeps it).
 
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not model and not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check llama_index_crab tests benchmarks examples

@@ -63,7 +63,7 @@ def crab(tmp_path: Path, hf_home: Path, *args: str) -> subprocess.CompletedProce
 
 def test_bundled_model_has_the_recorded_sha256() -> None:
     assert EMBEDDER_Q8.name == _hub.BUNDLED_EMBEDDER
-    assert _hub.sha256(EMBEDDER_Q8) == _hub.BUNDLED_EMBEDDER_SHA256
+    assert file_sha256(EMBEDDER_Q8) == _hub.BUNDLED_EMBEDDER_SHA256
 
 
 def test_offline_with_an_empty_cache_is_one_line_naming_the_extra_and_variable(

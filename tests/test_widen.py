@@ -10,7 +10,7 @@ from _models import EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8
 
 from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank, ModelError
 from llama_index_crab.models.gguf import file_identity
-from llama_index_crab.models.hub import sha256
+from llama_index_crab.models.gguf import file_sha256 as sha256
 from llama_index_crab.models.weights import ALL_F32, f32_copy, file_type
 
 TEXTS = ["The with statement wraps a block.", "Generators yield values lazily.", "SQL joins"]
