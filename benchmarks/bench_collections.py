@@ -1,6 +1,6 @@
 """Does the number of collections slow one collection down? (issue #15)
 
-    .venv/bin/python benchmarks/bench_collections.py [--counts 1 10 100] [--rows 200]
+    .venv/bin/python -m benchmarks.bench_collections [--counts 1 10 100] [--rows 200]
 
 Every collection adds a partial HNSW index to ``crab_nodes``: each inserted row is tested
 against every index predicate, and the planner considers every index for each query.
@@ -20,26 +20,23 @@ import datetime
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import VectorStoreQuery
+
+from benchmarks.bench_store import DIM, clustered
+from llama_index_crab.server import postgres as server
+from llama_index_crab.store import migrate
+from llama_index_crab.store.collections import EmbeddingIdentity, build_index
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from llama_index.core.schema import TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import VectorStoreQuery  # noqa: E402
-
-from benchmarks.bench_store import DIM, clustered  # noqa: E402
-from llama_index_crab.server import postgres as server  # noqa: E402
-from llama_index_crab.store import migrate  # noqa: E402
-from llama_index_crab.store.collections import EmbeddingIdentity, build_index  # noqa: E402
-from llama_index_crab.store.db import to_url  # noqa: E402
-from llama_index_crab.store.vector_store import PostgresVectorStore  # noqa: E402
 
 IDENTITY = EmbeddingIdentity("bench", DIM, "mean")
 

@@ -1,6 +1,6 @@
 """Sizing: 1M × 384-dim vectors stored as ``vector`` and as ``halfvec`` (issue #15).
 
-    .venv/bin/python benchmarks/bench_sizing.py [--rows 1000000] [--url URL]
+    .venv/bin/python -m benchmarks.bench_sizing [--rows 1000000] [--url URL]
 
 Run on demand (about 1.5 hours at 1M rows on 2 busy cores), not by the test suite. Both
 collections hold the same clustered vectors (see ``bench_store.clustered``), are loaded
@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,18 +28,16 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import VectorStoreQuery
+
+from llama_index_crab.server import postgres as server
+from llama_index_crab.store import migrate
+from llama_index_crab.store.collections import EmbeddingIdentity, build_index
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from llama_index.core.schema import TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import VectorStoreQuery  # noqa: E402
-
-from llama_index_crab.server import postgres as server  # noqa: E402
-from llama_index_crab.store import migrate  # noqa: E402
-from llama_index_crab.store.collections import EmbeddingIdentity, build_index  # noqa: E402
-from llama_index_crab.store.db import to_url  # noqa: E402
-from llama_index_crab.store.vector_store import PostgresVectorStore  # noqa: E402
 
 DIM, K, CLUSTERS, CHUNK = 384, 10, 1000, 10_000
 PRECISIONS = ("vector", "halfvec")

@@ -1,6 +1,6 @@
 """Benchmark PostgresVectorStore against LlamaIndex's PGVectorStore on one PostgreSQL.
 
-    .venv/bin/python benchmarks/bench_store.py [--rows 100000] [--url URL]
+    .venv/bin/python -m benchmarks.bench_store [--rows 100000] [--url URL]
 
 Data: ``--rows`` 384-dim unit vectors drawn around 1,000 cluster centres (clustered like
 real embeddings; i.i.d. random 384-d vectors are HNSW's worst case), plus held-out
@@ -28,22 +28,20 @@ from pathlib import Path
 
 import numpy as np
 import sqlalchemy as sa
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from llama_index.core.schema import TextNode  # noqa: E402
-from llama_index.core.vector_stores.types import (  # noqa: E402
+from llama_index.core.schema import TextNode
+from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
     VectorStoreQuery,
 )
 
-from llama_index_crab.server import postgres as server  # noqa: E402
-from llama_index_crab.store import migrate  # noqa: E402
-from llama_index_crab.store.collections import EmbeddingIdentity, build_index, drop_index  # noqa: E402
-from llama_index_crab.store.db import to_url  # noqa: E402
-from llama_index_crab.store.vector_store import PostgresVectorStore  # noqa: E402
+from llama_index_crab.server import postgres as server
+from llama_index_crab.store import migrate
+from llama_index_crab.store.collections import EmbeddingIdentity, build_index, drop_index
+from llama_index_crab.store.db import to_url
+from llama_index_crab.store.vector_store import PostgresVectorStore
+
+HERE = Path(__file__).resolve().parent
 
 DIM, K, CATEGORIES = 384, 10, 100
 PGVS_VENV = HERE / ".venv-pgvectorstore"

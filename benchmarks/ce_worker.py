@@ -3,7 +3,7 @@
 ``python -m benchmarks.ce_worker --texts F --query Q --model-dir D [--reference R]``: scores
 (Q, text) for the texts of F with ``CrossEncoder.predict`` and answers with raw logits (one
 ``[logit]`` per text, unnormalised). Each run command may carry ``{"batch_size": n}`` (default
-16). D is the directory that ``benchmarks._gguf_to_hf.rebuild`` writes; with R (the reference
+16). D is the directory that ``benchmarks.tools.gguf_to_hf.rebuild`` writes; with R (the reference
 ``rerank.json``) the worker first checks D against the PyTorch reference logits and puts the
 result in its ready info. Speaks the protocol of ``benchmarks._serve``.
 """
@@ -29,7 +29,7 @@ def main() -> None:
     import sentence_transformers
     import torch
 
-    from benchmarks._gguf_to_hf import check, load_cross_encoder
+    from benchmarks.tools.gguf_to_hf import check, load_cross_encoder
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_cross_encoder(args.model_dir, max_length=args.max_length)

@@ -25,11 +25,11 @@ import numpy as np
 
 from benchmarks._hardware import bert_flops, matmul_per_core
 from benchmarks._opprofile import GROUPS, profile_decode
-from benchmarks._quantize import SHARED, cached
 from benchmarks._report import table
 from benchmarks._timing import interleave, paired_ratio, total
 from benchmarks._workers import ROOT
 from benchmarks._workload import make_workload
+from benchmarks.tools.quantize import SHARED, cached
 
 __all__ = ["run"]
 

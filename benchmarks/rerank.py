@@ -5,7 +5,7 @@ bundled corpus; every alternative scores the same pairs, interleaved (see ``_tim
 the seed's semantics through llama-cpp-python's low-level API (it has no rerank helper), exactly as
 ``../shared/models/README.md`` shows it. The toy reranker's original Hugging Face checkpoint is
 not installable, so sentence-transformers' CrossEncoder runs on the checkpoint that
-``_gguf_to_hf.rebuild`` rebuilds from the f16 GGUF (every weight, f16-rounded), in
+``tools.gguf_to_hf.rebuild`` rebuilds from the f16 GGUF (every weight, f16-rounded), in
 ``benchmarks/.venv-st`` (``ce_worker.py``); it is left out, with the reason in the note, when
 that venv is missing (``BENCH_NO_ST=1`` skips it too).
 """
@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._gguf_to_hf import F16_GGUF, REFERENCE, rebuild
 from benchmarks._report import table
 from benchmarks._st_env import ensure_venv
 from benchmarks._timing import interleave, paired_ratio, total
 from benchmarks._workers import ROOT, Worker, WorkerError, write_texts
 from benchmarks._workload import count_tokens, make_workload
+from benchmarks.tools.gguf_to_hf import F16_GGUF, REFERENCE, rebuild
 
 __all__ = ["run"]
 
@@ -203,7 +203,7 @@ def _ce_note(ce: _CrossEncoder, lengths: list[int]) -> str:
         f"CrossEncoder: sentence-transformers {info.get('sentence-transformers')}, torch "
         f"{info.get('torch')}, {info.get('threads')} threads, float32, raw logits, max_length "
         f"{info.get('max_length')}, on the HF checkpoint rebuilt from the f16 GGUF by "
-        "`_gguf_to_hf.py` (every weight, f16-rounded); it encodes pairs as HF does (document "
+        "`tools/gguf_to_hf.py` (every weight, f16-rounded); it encodes pairs as HF does (document "
         "tokens type 1, like ours by default) and truncates `longest_first`, which cuts the "
         "document only, as ours and the reference do, while the query is the shorter side"
     )

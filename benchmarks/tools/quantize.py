@@ -1,6 +1,6 @@
 """bf16 GGUFs made from the f16 ones with llama.cpp's own quantize API (issue #17).
 
-``.venv/bin/python -m benchmarks._quantize`` writes ``models/all-MiniLM-L6-v2-bf16.gguf`` (the
+``.venv/bin/python -m benchmarks.tools.quantize`` writes ``models/all-MiniLM-L6-v2-bf16.gguf`` (the
 embedder we carry) from ``../shared/models`` and prints the provenance lines for
 ``models/PROVENANCE.md``. The bf16 toy reranker is not carried: the benchmarks and tests make it
 on the fly with :func:`to_bf16` (about a second).

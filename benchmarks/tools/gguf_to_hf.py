@@ -9,7 +9,7 @@ and the tokenizer files, so that transformers and sentence-transformers load the
 they would the original. It needs only numpy and ``gguf`` (the project venv); the safetensors
 file is written by hand, the format being a JSON header and raw little-endian arrays.
 
-``.venv/bin/python -m benchmarks._gguf_to_hf`` rebuilds the directory and then checks it from
+``.venv/bin/python -m benchmarks.tools.gguf_to_hf`` rebuilds the directory and then checks it from
 ``benchmarks/.venv-st`` against ``../shared/models/reference/rerank.json`` (:func:`check`).
 """
 
@@ -319,7 +319,7 @@ def main() -> None:
         print(f"{VENV} missing: not checking against the reference", file=sys.stderr)
         return
     env = {**os.environ, "PYTHONPATH": str(_HERE.parent), "HF_HUB_OFFLINE": "1"}
-    cmd = [str(python), "-m", "benchmarks._gguf_to_hf", "--check", str(out)]
+    cmd = [str(python), "-m", "benchmarks.tools.gguf_to_hf", "--check", str(out)]
     subprocess.run(cmd, check=True, env=env, cwd=_HERE.parent)
 
 
