@@ -1,0 +1,383 @@
+"""Table sync on a real server: triggers, queue, workers (several at once, killed), backfill,
+and a role that is not a superuser."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from _models import EMBEDDER_Q8
+
+from llama_index_crab import LlamaCppEmbedding, PostgresVectorStore, migrate
+from llama_index_crab._db import to_url
+from llama_index_crab.errors import StoreError
+from llama_index_crab.sync import Worker, backfill, sync_status, unvectorize, vectorize
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = str(EMBEDDER_Q8)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[LlamaCppEmbedding]:
+    with LlamaCppEmbedding(EMBEDDER_Q8) as model:
+        yield model
+
+
+@pytest.fixture
+def table(engine: sa.Engine) -> Iterator[str]:
+    name = f"tickets_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as connection:
+        connection.execute(
+            sa.text(f"CREATE TABLE {name} (id int PRIMARY KEY, body text, title text, n int)")
+        )
+    yield name
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
+
+
+def _store(
+    url: str, name: str, embedder: LlamaCppEmbedding, *, index: bool = True
+) -> PostgresVectorStore:
+    store = PostgresVectorStore(url, name, identity=embedder.identity())
+    store.create_collection(exist_ok=True, index=index)
+    return store
+
+
+def _sql(engine: sa.Engine, statement: str, **params: Any) -> list[Any]:
+    with engine.begin() as connection:
+        result = connection.execute(sa.text(statement), params)
+        return result.all() if result.returns_rows else []
+
+
+def _docs(engine: sa.Engine, collection: str) -> dict[str, list[str]]:
+    rows = _sql(
+        engine,
+        "SELECT n.ref_doc_id, n.text FROM crab_nodes n JOIN crab_collections c "
+        "ON c.id = n.collection_id WHERE c.name = :c ORDER BY n.ref_doc_id, n.node_id",
+        c=collection,
+    )
+    out: dict[str, list[str]] = {}
+    for ref, text in rows:
+        out.setdefault(ref, []).append(text)
+    return out
+
+
+def _drain(url: str, collection: str, **options: Any) -> Any:
+    worker = Worker(url, [collection], retry_seconds=0.05, **options)
+    try:
+        return worker.run(once=True)
+    finally:
+        worker.close()
+
+
+def test_insert_update_delete_truncate_reach_the_collection(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+) -> None:
+    _sql(engine, f"INSERT INTO {table} VALUES (1, 'the printer is on fire', 'fire', 1)")
+    store = _store(database_url, collection_name, embedder)
+    vectorize(store, table, column="body", metadata=["title"], embed_model=MODEL)
+    _drain(database_url, collection_name)
+    assert _docs(engine, collection_name) == {f"{table}:1": ["the printer is on fire"]}
+
+    _sql(engine, f"INSERT INTO {table} VALUES (2, 'wifi drops every hour', 'wifi', 1)")
+    _sql(engine, f"UPDATE {table} SET body = 'the printer is fixed' WHERE id = 1")
+    _drain(database_url, collection_name)
+    assert _docs(engine, collection_name) == {
+        f"{table}:1": ["the printer is fixed"],
+        f"{table}:2": ["wifi drops every hour"],
+    }
+    _sql(engine, f"DELETE FROM {table} WHERE id = 1")
+    _drain(database_url, collection_name)
+    assert list(_docs(engine, collection_name)) == [f"{table}:2"]
+
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"TRUNCATE {table}"))
+        connection.execute(sa.text(f"INSERT INTO {table} VALUES (3, 'new after truncate', 'x', 1)"))
+    _drain(database_url, collection_name)
+    assert _docs(engine, collection_name) == {f"{table}:3": ["new after truncate"]}
+
+
+def test_hits_carry_the_source_table_and_key(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+) -> None:
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    _sql(engine, f"INSERT INTO {table} VALUES (7, 'reset my password', 'login', 1)")
+    store = _store(database_url, collection_name, embedder)
+    vectorize(store, table, column="body", metadata=["title"], embed_model=MODEL)
+    _drain(database_url, collection_name)
+    query = VectorStoreQuery(query_embedding=embedder.get_query_embedding("password"))
+    hit = store.query(query).nodes[0]  # type: ignore[index]
+    assert hit.metadata["source_table"] == table
+    assert hit.metadata["source_key"] == {"id": 7}
+    assert hit.metadata["title"] == "login"
+
+
+def test_unchanged_text_is_not_embedded_again_and_empty_text_is_skipped(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+) -> None:
+    _sql(engine, f"INSERT INTO {table} VALUES (1, 'a', 't', 1), (2, NULL, 't', 1), (3, '', 't', 1)")
+    store = _store(database_url, collection_name, embedder)
+    vectorize(store, table, column="body", metadata=["title"], embed_model=MODEL)
+    first = _drain(database_url, collection_name)
+    assert (first.embedded, first.empty) == (1, 2)
+    _sql(engine, f"UPDATE {table} SET n = 2")  # not a watched column: nothing queued
+    assert sync_status(database_url, [collection_name])[0].queued == 0
+    _sql(engine, f"UPDATE {table} SET title = 'u' WHERE id = 1")  # metadata only
+    _sql(engine, f"UPDATE {table} SET body = body || '' WHERE id = 1")  # same text
+    again = _drain(database_url, collection_name)
+    assert (again.embedded, again.reused) == (0, 1)
+    _sql(engine, f"UPDATE {table} SET body = 'filled' WHERE id = 2")
+    assert _drain(database_url, collection_name).embedded == 1
+    assert set(_docs(engine, collection_name)) == {f"{table}:1", f"{table}:2"}
+
+
+def test_a_table_without_primary_key_needs_a_unique_key(
+    database_url: str, engine: sa.Engine, collection_name: str, embedder: Any
+) -> None:
+    name = f"nokey_{uuid.uuid4().hex[:8]}"
+    _sql(engine, f'CREATE TABLE {name} ("Code" text, body text)')
+    store = _store(database_url, collection_name, embedder)
+    try:
+        with pytest.raises(ValueError, match="no primary key; name the column"):
+            vectorize(store, name, column="body")
+        with pytest.raises(ValueError, match="not covered by a unique index"):
+            vectorize(store, name, column="body", key=["Code"])
+        _sql(engine, f'CREATE UNIQUE INDEX ON {name} ("Code")')
+        _sql(engine, f"INSERT INTO {name} VALUES ('a''b', 'quoted key')")
+        vectorize(store, name, column="body", key=["Code"], embed_model=MODEL)
+        _drain(database_url, collection_name)
+        assert _docs(engine, collection_name) == {f"{name}:a'b": ["quoted key"]}
+    finally:
+        _sql(engine, f"DROP TABLE {name}")
+
+
+def test_a_dropped_watched_column_is_a_recorded_error_not_a_crash(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+) -> None:
+    store = _store(database_url, collection_name, embedder)
+    vectorize(store, table, column="title", embed_model=MODEL)
+    _sql(engine, f"INSERT INTO {table} VALUES (1, 'b', 't', 1)")
+    _sql(engine, f"ALTER TABLE {table} RENAME COLUMN title TO heading")
+    report = _drain(database_url, collection_name)
+    assert report.failed >= 1 and report.done == 0
+    status = sync_status(database_url, [collection_name])[0]
+    assert status.queued == 1 and status.failing == 1
+    assert "has no column 'title'" in (status.source_error or "")
+    assert "crab vectorize" in status.errors[0][1]
+    vectorize(store, table, column="heading", embed_model=MODEL)
+    time.sleep(0.2)  # past the retry delay
+    _drain(database_url, collection_name)
+    assert _docs(engine, collection_name) == {f"{table}:1": ["t"]}
+    assert unvectorize(store, table)
+    _sql(engine, f"INSERT INTO {table} VALUES (2, 'b', 't', 1)")  # no trigger left
+    assert sync_status(database_url, [collection_name]) == []
+
+
+WORKER = """
+import sys
+from llama_index_crab.sync import Worker
+url, collection, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+Worker(url, [collection], batch_rows=batch).run(once=True)
+"""
+
+
+def _worker(url: str, collection: str, batch: int = 256) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, url, collection, str(batch)],
+        env=env,
+        start_new_session=True,
+    )
+
+
+def _fill(engine: sa.Engine, table: str, rows: int) -> None:
+    _sql(
+        engine,
+        f"INSERT INTO {table} SELECT i, 'row ' || i || ' text', 't' || (i % 7), i "
+        "FROM generate_series(1, :rows) AS i",
+        rows=rows,
+    )
+
+
+def _queued(engine: sa.Engine) -> int:
+    return int(_sql(engine, "SELECT count(*) FROM crab_sync_queue")[0][0])
+
+
+def test_three_workers_at_once_write_every_row_exactly_once(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+) -> None:
+    rows = 10_000
+    _fill(engine, table, rows)
+    # No HNSW index: what is tested is the queue, and the graph insert would double the time.
+    store = _store(database_url, collection_name, embedder, index=False)
+    source = vectorize(store, table, column="body", embed_model=MODEL)
+    workers = [_worker(database_url, collection_name, batch=500) for _ in range(3)]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0, 0]
+    counts = _sql(
+        engine,
+        "SELECT count(*), count(DISTINCT ref_doc_id) FROM crab_nodes n JOIN crab_collections c "
+        "ON c.id = n.collection_id WHERE c.name = :c",
+        c=collection_name,
+    )[0]
+    assert tuple(counts) == (rows, rows)
+    assert sync_status(database_url, [collection_name])[0].queued == 0
+    assert source.id
+
+
+def test_a_worker_killed_mid_batch_then_restarted_gives_the_same_rows(
+    database_url: str, engine: sa.Engine, table: str, embedder: Any
+) -> None:
+    rows = 1000
+    _fill(engine, table, rows)
+    killed, whole = f"killed_{uuid.uuid4().hex[:8]}", f"whole_{uuid.uuid4().hex[:8]}"
+    stores = {n: _store(database_url, n, embedder, index=False) for n in (killed, whole)}
+    vectorize(stores[whole], table, column="body", metadata=["title"], embed_model=MODEL)
+    _drain(database_url, whole, batch_rows=100)
+    vectorize(stores[killed], table, column="body", metadata=["title"], embed_model=MODEL)
+    worker = _worker(database_url, killed, batch=100)
+    deadline = time.monotonic() + 120
+    while _count(engine, killed) < 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(worker.pid, signal.SIGKILL)  # while it embeds or writes its next batch
+    worker.wait()
+    assert 0 < _count(engine, killed) < rows  # killed mid-way, the batches so far kept
+    _drain(database_url, killed, batch_rows=100)
+    assert _rows(engine, killed) == _rows(engine, whole)
+
+
+def _count(engine: sa.Engine, collection: str) -> int:
+    return int(
+        _sql(
+            engine,
+            "SELECT count(*) FROM crab_nodes n JOIN crab_collections c "
+            "ON c.id = n.collection_id WHERE c.name = :c",
+            c=collection,
+        )[0][0]
+    )
+
+
+def _rows(engine: sa.Engine, collection: str) -> list[tuple[Any, ...]]:
+    return [
+        tuple(row)
+        for row in _sql(
+            engine,
+            "SELECT n.node_id, n.ref_doc_id, n.text, n.metadata FROM crab_nodes n "
+            "JOIN crab_collections c ON c.id = n.collection_id WHERE c.name = :c "
+            "ORDER BY n.node_id",
+            c=collection,
+        )
+    ]
+
+
+BACKFILL = """
+import sys
+from llama_index_crab import PostgresVectorStore
+from llama_index_crab.sync import vectorize
+store = PostgresVectorStore(sys.argv[1], sys.argv[2])
+vectorize(store, sys.argv[3], column="body", backfill_rows=50)
+"""
+
+
+def test_a_backfill_killed_midway_resumes_without_gaps_or_duplicates(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+) -> None:
+    rows = 20_000
+    _fill(engine, table, rows)
+    store = _store(database_url, collection_name, embedder)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", BACKFILL, database_url, collection_name, table], env=env
+    )
+    deadline = time.monotonic() + 60
+    while _queued(engine) < 1000 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    partial = _queued(engine)
+    assert 0 < partial < rows
+    source = vectorize(store, table, column="body", backfill_rows=None)
+    assert source.backfilled_at is None and source.backfill_after is not None
+    assert backfill(database_url, source, batch_rows=5000) == rows - partial
+    keys = _sql(engine, "SELECT count(*), count(DISTINCT key) FROM crab_sync_queue")[0]
+    assert tuple(keys) == (rows, rows)
+    _sql(engine, "DELETE FROM crab_sync_queue")
+
+
+@pytest.fixture
+def managed(pg_server: str) -> Iterator[tuple[str, str, sa.Engine]]:
+    """A database as a managed service gives it: pgvector installed by the provider, an
+    owner role that is not a superuser, and an application role with table rights only."""
+    from _pg import new_database
+
+    owner, app = f"crab_owner_{uuid.uuid4().hex[:6]}", f"crab_app_{uuid.uuid4().hex[:6]}"
+    server = sa.create_engine(
+        to_url(pg_server), poolclass=sa.NullPool, isolation_level="AUTOCOMMIT"
+    )
+    with server.connect() as connection:
+        for role in (owner, app):
+            connection.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'pw'"))
+    try:
+        with new_database(pg_server) as url:
+            admin = sa.create_engine(
+                to_url(url), poolclass=sa.NullPool, isolation_level="AUTOCOMMIT"
+            )
+            with admin.connect() as connection:
+                connection.execute(sa.text("CREATE EXTENSION vector"))
+                connection.execute(sa.text(f"GRANT ALL ON SCHEMA public TO {owner}"))
+                connection.execute(sa.text(f"GRANT USAGE ON SCHEMA public TO {app}"))
+            try:
+                yield (
+                    to_url(url).set(username=owner, password="pw").render_as_string(False),
+                    to_url(url).set(username=app, password="pw").render_as_string(False),
+                    admin,
+                )
+            finally:
+                with admin.connect() as connection:
+                    for role in (owner, app):
+                        connection.execute(sa.text(f"DROP OWNED BY {role}"))
+                admin.dispose()
+    finally:
+        with server.connect() as connection:
+            for role in (owner, app):
+                connection.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+        server.dispose()
+
+
+def test_a_role_that_is_not_superuser_with_only_pgvector(
+    managed: tuple[str, str, sa.Engine], embedder: Any
+) -> None:
+    owner_url, app_url, _ = managed
+    migrate.upgrade(owner_url)
+    owner = sa.create_engine(to_url(owner_url), poolclass=sa.NullPool)
+    app = sa.create_engine(to_url(app_url), poolclass=sa.NullPool)
+    app_role = to_url(app_url).username
+    try:
+        assert not _sql(owner, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")[0][0]
+        _sql(owner, "CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        _sql(owner, f"GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {app_role}")
+        _sql(owner, f"GRANT SELECT ON crab_alembic_version, crab_collections TO {app_role}")
+        _sql(app, "INSERT INTO notes VALUES (1, 'written before the sync')")
+        store = _store(owner_url, "notes", embedder)
+        vectorize(store, "notes", column="body", embed_model=MODEL)
+        _sql(app, "INSERT INTO notes VALUES (2, 'written by the application role')")
+        _drain(owner_url, "notes")
+        assert set(_docs(owner, "notes")) == {"notes:1", "notes:2"}
+
+        app_store = PostgresVectorStore(app_url, "notes")
+        with pytest.raises(StoreError, match=f"GRANT TRIGGER ON TABLE public.notes TO {app_role}"):
+            vectorize(app_store, "notes", column="body")
+        app_store.close()
+        store.close()
+    finally:
+        owner.dispose()
+        app.dispose()
