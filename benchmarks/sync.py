@@ -17,6 +17,7 @@ is shared with other jobs; compare numbers of one run only.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import statistics
@@ -61,13 +62,14 @@ def paragraphs(count: int) -> list[str]:
 class _Watcher:
     """Polls the collection for rows whose expected text is searchable; records when."""
 
-    def __init__(self, url: str, collection: str) -> None:
+    def __init__(self, url: str, collection: str, settings: str) -> None:
         import sqlalchemy as sa
 
         from llama_index_crab._db import to_url
 
         self.engine = sa.create_engine(to_url(url))
         self.collection = collection
+        self.settings = settings  # the chunking settings, hashed with the text by the worker
         self.expected: dict[str, tuple[str, float]] = {}  # ref -> (text, commit time)
         self.lags: list[float] = []
         self.last_seen = 0.0
@@ -76,7 +78,8 @@ class _Watcher:
     def expect(self, refs: dict[str, str], committed: float) -> None:
         with self.lock:
             for ref, text in refs.items():
-                self.expected[ref] = (text, committed)
+                digest = hashlib.sha256(f"{text}\0{self.settings}".encode()).hexdigest()
+                self.expected[ref] = (digest, committed)
 
     def poll(self) -> int:
         import sqlalchemy as sa
@@ -88,7 +91,8 @@ class _Watcher:
         with self.engine.connect() as connection:
             rows = connection.execute(
                 sa.text(
-                    "SELECT n.ref_doc_id, n.text FROM crab_nodes n JOIN crab_collections c "
+                    "SELECT DISTINCT n.ref_doc_id, n.metadata->>'doc_hash' FROM crab_nodes n "
+                    "JOIN crab_collections c "
                     "ON c.id = n.collection_id WHERE c.name = :c AND n.ref_doc_id = ANY(:refs)"
                 ),
                 {"c": self.collection, "refs": list(waiting)},
@@ -128,8 +132,11 @@ def _sync_round(url: str, texts: list[str], workers: int, rate: float | None) ->
         connection.execute(
             sa.text("CREATE TABLE articles (id int PRIMARY KEY, body text, title text)")
         )
+    from llama_index_crab.ingest import splitter_for
+
     with LlamaCppEmbedding(MODEL) as model:
         identity = model.identity()
+        settings = splitter_for(model).settings
     store = PostgresVectorStore(url, name, identity=identity)
     store.create_collection()
     vectorize(store, "articles", column="body", metadata=["title"], embed_model=MODEL)
@@ -142,7 +149,7 @@ def _sync_round(url: str, texts: list[str], workers: int, rate: float | None) ->
     ]
     for p in processes:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    watcher = _Watcher(url, name)
+    watcher = _Watcher(url, name, settings)
     per_commit = 100 if rate is None else 10
     updated = [t + " (edited)" for t in texts]
     steps = [("insert", i, texts[i]) for i in range(len(texts))]

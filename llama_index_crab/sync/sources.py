@@ -162,7 +162,7 @@ def vectorize(
                 "changed": changed,
             },
         )
-        _install_triggers(connection, described, int(source_id), keys, [text, *extra])  # type: ignore[arg-type]
+        _install_triggers(connection, described, int(source_id), keys, [text, *extra])
         source = next(s for s in get_sources(connection) if s.id == source_id)
     if backfill_rows is not None:
         backfill(store.client, source, batch_rows=backfill_rows)
@@ -321,7 +321,7 @@ def backfill(
             table = describe_table(connection, qualified(source.table_schema, source.table_name))
             keys = source.key_columns
             order = sql.SQL(", ").join(sql.Identifier("t", c) for c in keys)
-            where = sql.SQL("")
+            where: sql.Composable = sql.SQL("")
             if row.backfill_after is not None:
                 after = sql.SQL(", ").join(
                     sql.SQL("CAST({} ->> {} AS {})").format(

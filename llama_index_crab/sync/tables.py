@@ -76,7 +76,7 @@ def describe_table(connection: sa.Connection, name: str) -> Table:
     oid, schema, relname, kind = row
     if kind not in ("r", "p"):
         raise ValueError(f"{name!r} is not a table (only tables have triggers to keep in sync)")
-    columns = dict(
+    columns: dict[str, str] = dict(
         connection.execute(
             sa.text(
                 "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
