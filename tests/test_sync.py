@@ -17,9 +17,10 @@ import pytest
 import sqlalchemy as sa
 from _models import EMBEDDER_Q8
 
-from llama_index_crab import LlamaCppEmbedding, PostgresVectorStore, migrate
-from llama_index_crab._db import to_url
+from llama_index_crab import LlamaCppEmbedding, PostgresVectorStore
 from llama_index_crab.errors import StoreError
+from llama_index_crab.store import migrate
+from llama_index_crab.store.db import to_url
 from llama_index_crab.sync import Worker, backfill, sync_status, unvectorize, vectorize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -597,9 +597,12 @@ def eval_(
 
 
 from .doctor import db, doctor  # noqa: E402
+from .sync import vectorize, worker  # noqa: E402
 
 main.add_command(doctor)
 main.add_command(db)
+main.add_command(vectorize)
+main.add_command(worker)
 
 __all__ = ["main"]
 

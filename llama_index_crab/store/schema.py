@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from pgvector.sqlalchemy import VECTOR
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
@@ -114,4 +114,61 @@ staging = sa.Table(
     sa.Column("embedding", VECTOR(), nullable=False),
     prefixes=["UNLOGGED"],
     postgresql_with=NO_TOAST,
+)
+
+# Tables of users' databases kept in sync with collections (llama_index_crab.sync): what
+# `crab vectorize` declared, and the row keys its triggers queue for the workers. A source
+# goes with its collection, its queued work with the source.
+sync_sources = sa.Table(
+    "crab_sync_sources",
+    metadata,
+    sa.Column("id", sa.Integer, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "collection_id",
+        sa.Integer,
+        sa.ForeignKey("crab_collections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("table_schema", sa.Text, nullable=False),
+    sa.Column("table_name", sa.Text, nullable=False),
+    sa.Column("key_columns", ARRAY(sa.Text), nullable=False),
+    sa.Column("text_column", sa.Text, nullable=False),
+    sa.Column("metadata_columns", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    sa.Column("embed_model", sa.Text, nullable=True),
+    # The key of the last row the backfill queued (NULL: none yet); done when backfilled_at.
+    sa.Column("backfill_after", JSONB, nullable=True),
+    sa.Column("backfilled_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.UniqueConstraint("collection_id", "table_schema", "table_name"),
+)
+
+sync_queue = sa.Table(
+    "crab_sync_queue",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column(
+        "source_id",
+        sa.Integer,
+        sa.ForeignKey("crab_sync_sources.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # The row's key columns as a jsonb object; NULL for a TRUNCATE of the whole table.
+    sa.Column("key", JSONB, nullable=True),
+    sa.Column("op", sa.Text, nullable=False),
+    sa.Column(
+        "enqueued_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column(
+        "next_attempt_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.func.now(),
+    ),
+    sa.CheckConstraint("op IN ('insert', 'update', 'delete', 'truncate', 'backfill')", name="op"),
+    sa.Index(None, "source_id", "id"),
 )

@@ -229,19 +229,36 @@ class PostgresVectorStore(BasePydanticVectorStore):
             self._write(connection, collection, nodes)
         return [node.node_id for node in nodes]
 
-    def replace_documents(self, documents: Mapping[str, Sequence[BaseNode]]) -> None:
+    def replace_documents(
+        self,
+        documents: Mapping[str, Sequence[BaseNode]],
+        *,
+        connection: sa.Connection | None = None,
+    ) -> None:
         """Make each document's nodes exactly ``documents[ref_doc_id]``, all in one transaction.
 
         Old chunks of these documents disappear in the same commit that writes the new ones,
-        so a reader or a crash never sees a document half old, half new.
+        so a reader or a crash never sees a document half old, half new. With ``connection``
+        the writes join that open transaction (they commit or roll back with it).
         """
         if not documents:
             return
         batch = [node for chunk in documents.values() for node in chunk]
-        with self._begin() as (connection, collection):
+        with self._joined(connection) as (connection, collection):
             _documents.clear(connection, collection.id, list(documents))
             if batch:
                 self._write(connection, collection, batch)
+
+    @contextmanager
+    def _joined(
+        self, connection: sa.Connection | None
+    ) -> Iterator[tuple[sa.Connection, Collection]]:
+        """The caller's open transaction when given, else a new write transaction."""
+        if connection is None:
+            with self._begin() as joined:
+                yield joined
+        else:
+            yield connection, self._load(connection)
 
     def replace_document_batches(
         self, ref_doc_id: str, batches: Iterable[Sequence[BaseNode]]
@@ -255,10 +272,13 @@ class PostgresVectorStore(BasePydanticVectorStore):
                 if batch:
                     self._write(connection, collection, batch)
 
-    def delete_documents(self, ref_doc_ids: Sequence[str]) -> None:
-        """Delete every node of these documents, in one transaction."""
+    def delete_documents(
+        self, ref_doc_ids: Sequence[str], *, connection: sa.Connection | None = None
+    ) -> None:
+        """Delete every node of these documents, in one transaction (``connection``'s open
+        one, when given)."""
         if ref_doc_ids:
-            with self._begin() as (connection, collection):
+            with self._joined(connection) as (connection, collection):
                 _documents.clear(connection, collection.id, list(ref_doc_ids))
 
     def document_hashes(self) -> dict[str, str]:

@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from psycopg import sql
 
-from .._db import transaction
-from ..collections import get_collection
 from ..errors import StoreError
+from ..store.collections import get_collection
+from ..store.db import transaction
+from ..store.schema import sync_queue, sync_sources
 from .tables import Table, describe_table, execute, key_object, qualified
 
 if TYPE_CHECKING:
-    from ..store import PostgresVectorStore
+    from ..store.vector_store import PostgresVectorStore
 
 __all__ = ["CHANNEL", "Source", "backfill", "get_sources", "unvectorize", "vectorize"]
 
 CHANNEL = "crab_sync"
-SOURCES = "crab_sync_sources"
-QUEUE = "crab_sync_queue"
+SOURCES = sync_sources.name
+QUEUE = sync_queue.name
 BACKFILL_ROWS = 1000
 _COLUMNS = (
     "s.id, c.name, s.collection_id, s.table_schema, s.table_name, s.key_columns, "
@@ -117,7 +118,7 @@ def vectorize(
     key. ``embed_model`` is recorded for the workers (a GGUF path or ``owner/repo:file``;
     they use the bundled model otherwise). Declaring the same table again updates it.
     """
-    from ..migrate import check
+    from ..store.migrate import check
 
     with transaction(store.client) as connection:
         check(connection)
@@ -365,7 +366,7 @@ def unvectorize(store: PostgresVectorStore, table: str, *, drop_collection: bool
     """Stop keeping ``store``'s collection in sync with ``table``: its triggers, function,
     declaration and queued work go; the chunks stay unless ``drop_collection``. Returns
     whether the table was a source."""
-    from ..collections import drop_collection as drop
+    from ..store.collections import drop_collection as drop
 
     with transaction(store.client) as connection:
         sources = get_sources(connection, [store.collection_name], table)

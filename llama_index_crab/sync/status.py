@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from .._db import transaction
+from ..store.db import transaction
 from .sources import QUEUE, get_sources
 
 __all__ = ["SourceStatus", "sync_status"]

@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from llama_index.core.schema import NodeRelationship, RelatedNodeInfo, TextNode
 from psycopg import sql
 
-from .._db import engine_from, translate_errors
 from ..errors import DatabaseUnavailableError
+from ..store.db import engine_from, translate_errors
 from .sources import CHANNEL, QUEUE, SOURCES, Source, get_sources
 from .tables import Table, describe_table, execute, key_match, qualified
 
@@ -322,7 +322,7 @@ class Worker:
 
     def _target(self, source: Source) -> _Target:
         if source.collection not in self._targets:
-            from ..ingest import splitter_for
+            from ..ingest.local import splitter_for
             from ..pipeline import build_pipeline
 
             pipe = build_pipeline(
@@ -375,7 +375,7 @@ class Worker:
     ) -> None:
         if not keys:
             return
-        from ..ingest import embed_nodes
+        from ..ingest.local import embed_nodes
 
         rows = self._read(connection, source, table, keys)
         refs = {k: source.document_id(json.loads(k)) for k in keys}
@@ -518,13 +518,5 @@ def _replace(
 ) -> None:
     """Make these documents' chunks exactly ``documents`` (and none for ``removed``) inside
     the caller's transaction."""
-    from ..documents import _clear
-
-    refs = [*documents, *removed]
-    if not refs:
-        return
-    collection = store._load(connection)
-    _clear(connection, collection.id, refs)
-    batch = [node for nodes in documents.values() for node in nodes]
-    if batch:
-        store._write(connection, collection, batch)
+    store.replace_documents(documents, connection=connection)
+    store.delete_documents(removed, connection=connection)
