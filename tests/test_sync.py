@@ -382,3 +382,30 @@ def test_a_role_that_is_not_superuser_with_only_pgvector(
     finally:
         owner.dispose()
         app.dispose()
+
+
+def test_the_three_commands(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str
+) -> None:
+    from click.testing import CliRunner
+
+    from llama_index_crab.cli import main
+
+    env = {"CRAB_DATABASE_URL": database_url, "CRAB_EMBED_MODEL": MODEL}
+    run = CliRunner().invoke
+    _sql(engine, f"INSERT INTO {table} VALUES (1, 'the printer jams', 'printer', 1)")
+    declare = ["vectorize", table, "--column", "body", "--metadata", "title,n"]
+    declared = run(main, [*declare, "-c", collection_name], env=env)
+    assert declared.exit_code == 0, declared.output
+    assert "1 existing rows queued" in declared.output
+    status = run(main, ["vectorize", "--status", "-c", collection_name], env=env)
+    assert "1 queued, 0 failing" in status.output
+    worked = run(main, ["worker", "--once", "-c", collection_name], env=env)
+    assert worked.exit_code == 0, worked.output
+    assert "1 rows embedded" in worked.output
+    found = run(main, ["query", "printer", "-c", collection_name, "--json"], env=env)
+    assert f'"source": "{table}:1"' in found.output
+    dropped = run(main, ["vectorize", table, "-c", collection_name, "--drop"], env=env)
+    assert dropped.exit_code == 0 and "no longer kept in sync" in dropped.output
+    usage = run(main, ["vectorize", table], env=env)
+    assert usage.exit_code == 2 and "--column COLUMN" in usage.output

@@ -160,7 +160,7 @@ def worker(
         _print_status(url, collections)
         return
     stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
+    if not once and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     runner = Worker(
         url,
@@ -170,10 +170,10 @@ def worker(
         poll_seconds=poll,
         n_gpu_layers=n_gpu_layers,
     )
-    shown = [0.0]
+    shown = [time.monotonic()]
 
     def progress(report: Any) -> None:
-        if time.monotonic() - shown[0] >= 2 or once:
+        if time.monotonic() - shown[0] >= 2:
             shown[0] = time.monotonic()
             click.echo(_summary(report), err=True)
 
