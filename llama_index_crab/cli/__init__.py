@@ -129,6 +129,44 @@ def _options(f: F) -> F:
     return f
 
 
+def _chunk_options(f: F) -> F:
+    """How documents are cut into what is embedded; each unset option keeps the default."""
+    for option in reversed(
+        [
+            click.option(
+                "--chunk-size",
+                type=click.IntRange(min=1),
+                help="Tokens per chunk (at most the model's context); default 256.",
+            ),
+            click.option(
+                "--chunk-overlap",
+                type=click.IntRange(min=0),
+                help="Tokens shared by neighbouring chunks (at most a quarter); default 32.",
+            ),
+            click.option(
+                "--whole/--no-whole",
+                default=None,
+                help="Keep each document that fits the model's context as one chunk "
+                "(default: yes).",
+            ),
+            click.option(
+                "--title/--no-title",
+                default=None,
+                help="Embed the document's title before each chunk (default: no).",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _chunking(opts: dict[str, Any]) -> dict[str, Any]:
+    """The chunking options given (taken out of ``opts``), as ``ingest`` keyword arguments."""
+    names = ("chunk_size", "chunk_overlap", "whole", "title")
+    given = {name: opts.pop(name, None) for name in names}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _pipeline(opts: dict[str, Any], *, create: bool, rerank: bool = True) -> Any:
     from ..pipeline import build_pipeline
 
@@ -160,9 +198,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "--chunk-size", type=click.IntRange(min=1), help="Tokens per chunk; default fits the model."
-)
+@_chunk_options
 @click.option(
     "--batch-chunks",
     type=click.IntRange(min=1),
@@ -190,7 +226,6 @@ def main(ctx: click.Context, debug: bool) -> None:
 @_options
 def ingest(
     paths: tuple[str, ...],
-    chunk_size: int | None,
     batch_chunks: int,
     ray_address: str | None,
     ray_workers: int | None,
@@ -213,7 +248,7 @@ def ingest(
     created = not collection_exists(pipe.store.client, pipe.store.collection_name)
     if created:  # checks the schema first: an old one is refused before anything changes
         pipe.store.create_collection(exist_ok=True)
-    kwargs: dict[str, Any] = {"chunk_size": chunk_size}
+    kwargs: dict[str, Any] = _chunking(opts)
     if ray_address is not None:
         kwargs |= {
             "executor": "ray",
@@ -539,7 +574,13 @@ def drop(ctx: click.Context, name: str, yes: bool, database_url: str | None) -> 
     help="Search modes to score (repeatable; default all three).",
 )
 @click.option("--rerank/--no-rerank", default=True, help="Also score + rerank (if one is set).")
-@click.option("--baseline", is_flag=True, help="Also score paragraphs embedded raw, exact search.")
+@click.option(
+    "--baseline",
+    is_flag=True,
+    help="Also score the plain model: paragraphs, and whole passages, embedded raw, exact search.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_chunk_options
 @_options
 def eval_(
     folder: str,
@@ -548,18 +589,21 @@ def eval_(
     modes: tuple[str, ...],
     rerank: bool,
     baseline: bool,
+    as_json: bool,
     **opts: Any,
 ) -> None:
     """Score retrieval on BEIR data (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv).
 
-    The corpus goes through `crab ingest`'s path (one Markdown file per entry, its title as
-    heading) into the collection; documents rank by their best chunk.
+    The corpus goes through `crab ingest`'s path, with the same chunking options (one
+    Markdown file per entry, its title as heading), into the collection; documents rank by
+    their best chunk. Try a setting here on your own questions before re-ingesting with it.
     """
     from tqdm import tqdm
 
     from ..eval.evaluate import Metrics, evaluate, load_beir, mean_metrics
 
     data = load_beir(folder, split)
+    chunking = _chunking(opts)
     pipe = _pipeline(opts, create=True, rerank=rerank)
     bars = {
         "ingest": tqdm(total=len(data.corpus), unit="doc", desc="ingest", file=sys.stderr),
@@ -567,12 +611,16 @@ def eval_(
     }
     results: dict[str, Metrics] = {}
     if baseline:
-        from ..eval.baseline import paragraph_baseline
+        from ..eval.baseline import paragraph_baseline, whole_baseline
 
-        runs = paragraph_baseline(data.corpus, data.queries, pipe.embed_model, top=top_k)
-        results["baseline: paragraphs, exact"] = mean_metrics(
-            {q: runs[q] for q in data.qrels}, data.qrels, top_k
-        )
+        asked = {q: data.queries[q] for q in data.qrels}
+        for name, run in (
+            ("baseline: paragraphs, exact", paragraph_baseline),
+            ("baseline: whole passages, exact", whole_baseline),
+        ):
+            results[name] = mean_metrics(
+                run(data.corpus, asked, pipe.embed_model, top=top_k), data.qrels, top_k
+            )
     results |= evaluate(
         data,
         pipe,
@@ -580,10 +628,28 @@ def eval_(
         modes=modes or SEARCH_MODES,
         rerank=rerank,
         progress=lambda stage, n: bars[stage].update(n),
+        chunking=chunking,
     )
     for bar in bars.values():
         bar.close()
     pipe.close()
+    if as_json:
+        out = {
+            "queries": len(data.qrels),
+            "documents": len(data.corpus),
+            "chunking": chunking,
+            "results": {
+                name: {
+                    "hit@10": m.hit_at_10,
+                    "nDCG@10": m.ndcg_at_10,
+                    "MRR@10": m.mrr_at_10,
+                    f"recall@{m.recall_k}": m.recall,
+                }
+                for name, m in results.items()
+            },
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
     click.echo(
         f"| {len(data.qrels)} queries, {len(data.corpus)} docs "
         f"| hit@10 | nDCG@10 | MRR@10 | recall@{top_k} |"

@@ -1,14 +1,16 @@
-"""The plain reference a pipeline must match: paragraphs embedded raw, searched exactly.
+"""The plain references a pipeline must match: the same model on raw text, searched exactly.
 
-Each document is split at blank lines into paragraphs (a paragraph longer than the model's
-context into context-sized pieces), each piece's raw text embedded with the same model, and
-every query compared with every piece in NumPy: no chunker, no title, no index, no
-database. Documents rank by their best piece among the top ones.
+``paragraph_baseline``: each document is split at blank lines into paragraphs (a paragraph
+longer than the model's context into context-sized pieces), each piece embedded, documents
+ranked by their best piece. ``whole_baseline``: each document embedded whole, cut to the
+model's context (what sentence-transformers does with a passage). Every query is compared
+with every vector in NumPy: no chunker, no title, no index, no database.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -17,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..models.embedding import LlamaCppEmbedding
 
-__all__ = ["paragraph_baseline", "paragraphs"]
+__all__ = ["paragraph_baseline", "paragraphs", "whole_baseline"]
 
 Tokenize = Callable[[str], list[int]]
 
@@ -76,3 +78,24 @@ def paragraph_baseline(
         order = np.argsort(-scores, kind="stable")
         runs[qid] = list(dict.fromkeys(owners[i] for i in order[:top]))
     return runs
+
+
+def whole_baseline(
+    corpus: Mapping[str, str],
+    queries: Mapping[str, str],
+    embed_model: LlamaCppEmbedding,
+    *,
+    top: int = 100,
+) -> dict[str, list[str]]:
+    """``{query id: the best ``top`` corpus ids, in order}``, each document one vector of its
+    first context's worth of tokens."""
+    from ..errors import TruncationWarning
+
+    ids = list(corpus)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # cutting is the point here
+        matrix = embed_model.embed([corpus[d] for d in ids], prefix=embed_model.text_prefix)
+    qids = list(queries)
+    asked = embed_model.embed([queries[q] for q in qids], prefix=embed_model.query_prefix)
+    order = np.argsort(-(asked @ matrix.T), axis=1, kind="stable")[:, :top]
+    return {q: [ids[i] for i in row] for q, row in zip(qids, order)}

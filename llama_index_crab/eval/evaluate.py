@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llama_index.core.schema import NodeWithScore
 
@@ -158,8 +158,10 @@ def evaluate(
     modes: Sequence[str] = ("dense",),
     rerank: bool = True,
     progress: Callable[[str, int], None] | None = None,
+    chunking: Mapping[str, Any] | None = None,
 ) -> dict[str, Metrics]:
-    """Ingest ``data.corpus`` as files through ``crab ingest``'s path (chunking included)
+    """Ingest ``data.corpus`` as files through ``crab ingest``'s path (chunking included:
+    ``chunking`` holds ``ingest``'s ``chunk_size``, ``chunk_overlap``, ``whole``, ``title``)
     into the pipeline's collection, then score each search mode, and each + rerank when the
     pipeline has a reranker. Documents rank by their best chunk."""
     import platformdirs
@@ -167,7 +169,11 @@ def evaluate(
     key = hashlib.sha256("\0".join(sorted(data.corpus)).encode()).hexdigest()[:16]
     folder = platformdirs.user_cache_path("llama-index-crab") / "eval" / key
     names = write_corpus(data, folder)
-    pipeline.ingest([folder], progress=lambda docs, _: progress and progress("ingest", docs))
+    pipeline.ingest(
+        [folder],
+        progress=lambda docs, _: progress and progress("ingest", docs),
+        **dict(chunking or {}),
+    )
     runs: dict[str, dict[str, list[str]]] = {}
     reranking = rerank and pipeline.reranker is not None
     for qid in data.qrels:
