@@ -147,7 +147,7 @@ def _chunk_options(f: F) -> F:
                 "--whole/--no-whole",
                 default=None,
                 help="Keep each document that fits the model's context as one chunk "
-                "(default: yes).",
+                "(default: no).",
             ),
             click.option(
                 "--title/--no-title",
