@@ -146,8 +146,7 @@ def _chunk_options(f: F) -> F:
             click.option(
                 "--whole/--no-whole",
                 default=None,
-                help="Keep each document that fits the model's context as one chunk "
-                "(default: no).",
+                help="Keep each document that fits the model's context as one chunk (default: no).",
             ),
             click.option(
                 "--title/--no-title",
