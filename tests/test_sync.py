@@ -184,6 +184,18 @@ def test_a_dropped_watched_column_is_a_recorded_error_not_a_crash(
     assert sync_status(database_url, [collection_name]) == []
 
 
+def test_dropping_the_collection_removes_the_triggers(
+    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+) -> None:
+    from llama_index_crab import drop_collection
+
+    vectorize(_store(database_url, collection_name, embedder), table, column="body")
+    drop_collection(database_url, collection_name)
+    triggers = f"SELECT count(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass"
+    assert _sql(engine, triggers)[0][0] == 0
+    _sql(engine, f"INSERT INTO {table} VALUES (1, 'b', 't', 1)")
+
+
 WORKER = """
 import sys
 from llama_index_crab.sync import Worker

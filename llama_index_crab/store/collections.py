@@ -18,7 +18,14 @@ from sqlalchemy.types import UserDefinedType
 from ..errors import CollectionMismatchError, CollectionNotFoundError
 from .copy import check_storable
 from .db import transaction
-from .schema import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX, collections, nodes
+from .schema import (
+    HNSW_INDEX_PREFIX,
+    SYNC_FUNCTION_PREFIX,
+    TEXT_INDEX_PREFIX,
+    collections,
+    nodes,
+    sync_sources,
+)
 
 __all__ = [
     "Collection",
@@ -281,11 +288,18 @@ def drop_index(bind: Bind, name: str) -> None:
 
 
 def drop_collection(bind: Bind, name: str) -> None:
-    """Delete collection ``name``, its nodes and its indexes."""
+    """Delete collection ``name``, its nodes and its indexes, and the triggers that fed it
+    from tables kept in sync (``crab vectorize``)."""
     with transaction(bind) as connection:
         collection = get_collection(connection, name)
         connection.execute(sa.text(f"DROP INDEX IF EXISTS {collection.index_name}"))
         connection.execute(sa.text(f"DROP INDEX IF EXISTS {collection.text_index_name}"))
+        sources = sa.select(sync_sources.c.id).where(sync_sources.c.collection_id == collection.id)
+        for source_id in connection.scalars(sources):
+            # CASCADE drops the triggers on the user's table that call it.
+            connection.execute(
+                sa.text(f"DROP FUNCTION IF EXISTS {SYNC_FUNCTION_PREFIX}{int(source_id)}() CASCADE")
+            )
         connection.execute(collections.delete().where(collections.c.id == collection.id))
 
 

@@ -116,6 +116,9 @@ staging = sa.Table(
     postgresql_with=NO_TOAST,
 )
 
+# The trigger function of a synced table is this prefix + its source id.
+SYNC_FUNCTION_PREFIX = "crab_sync_"
+
 # Tables of users' databases kept in sync with collections (llama_index_crab.sync): what
 # `crab vectorize` declared, and the row keys its triggers queue for the workers. A source
 # goes with its collection, its queued work with the source.

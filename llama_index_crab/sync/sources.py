@@ -22,7 +22,7 @@ from psycopg import sql
 from ..errors import StoreError
 from ..store.collections import get_collection
 from ..store.db import transaction
-from ..store.schema import sync_queue, sync_sources
+from ..store.schema import SYNC_FUNCTION_PREFIX, sync_queue, sync_sources
 from .tables import Table, describe_table, execute, key_object, qualified
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class Source:
 
     @property
     def function(self) -> str:
-        return f"crab_sync_{int(self.id)}"
+        return f"{SYNC_FUNCTION_PREFIX}{int(self.id)}"
 
     def document_id(self, key: dict[str, Any]) -> str:
         """``table:value`` (one key column) or ``table:[v1, v2]`` (several)."""
@@ -226,7 +226,7 @@ def _install_triggers(
 ) -> None:
     schema = _crab_schema(connection)
     queue = sql.Identifier(schema, QUEUE)
-    function = sql.Identifier(schema, f"crab_sync_{source_id}")
+    function = sql.Identifier(schema, f"{SYNC_FUNCTION_PREFIX}{source_id}")
     sid = sql.Literal(source_id)
     body = sql.SQL(
         "DECLARE old_key jsonb; new_key jsonb;\n"
@@ -262,7 +262,7 @@ def _install_triggers(
         for c in dict.fromkeys([*keys, *watched])
     )
     columns = sql.SQL(", ").join(map(sql.Identifier, dict.fromkeys([*keys, *watched])))
-    name = f"crab_sync_{source_id}"
+    name = f"{SYNC_FUNCTION_PREFIX}{source_id}"
     statements = [
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql "
@@ -294,7 +294,7 @@ def _install_triggers(
 def _drop_triggers(table: Table, source_id: int) -> list[sql.Composed]:
     return [
         sql.SQL("DROP TRIGGER IF EXISTS {t} ON {table}").format(
-            t=sql.Identifier(f"crab_sync_{source_id}_{kind}"), table=table.ident
+            t=sql.Identifier(f"{SYNC_FUNCTION_PREFIX}{source_id}_{kind}"), table=table.ident
         )
         for kind in ("row", "update", "truncate")
     ]

@@ -87,9 +87,15 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # The triggers on users' tables call these functions: dropping them (CASCADE drops the
-    # triggers) keeps those tables writable once the queue is gone.
+    # triggers) keeps those tables writable once the queue is gone. All of them, also any
+    # whose source went without them.
     bind = op.get_bind()
-    for (source_id,) in bind.exec_driver_sql("SELECT id FROM crab_sync_sources"):
-        op.execute(f"DROP FUNCTION IF EXISTS crab_sync_{int(source_id)}() CASCADE")
+    functions = bind.exec_driver_sql(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p "
+        "WHERE p.pronamespace = current_schema()::regnamespace "
+        "AND p.proname ~ '^crab_sync_[0-9]+$' AND p.pronargs = 0"
+    )
+    for (function,) in functions.all():
+        op.execute(f"DROP FUNCTION IF EXISTS {function} CASCADE")
     op.drop_table("crab_sync_queue")
     op.drop_table("crab_sync_sources")
