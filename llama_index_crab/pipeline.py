@@ -199,6 +199,8 @@ class Pipeline:
         self.top_n = top_n
         self.mode = mode
         self._llm = llm
+        # How ingest creates the collection if it is missing (see create_collection).
+        self.collection_options: dict[str, Any] = {}
 
     # -- LlamaIndex objects ---------------------------------------------------------------
 
@@ -257,18 +259,39 @@ class Pipeline:
         **kwargs: Any,
     ) -> IngestReport:
         """Ingest files and folders; ``executor="ray"`` spreads the work over a Ray cluster
-        (keyword arguments of :func:`llama_index_crab.ingest.distributed.ingest_distributed`)."""
-        if executor == "ray":
-            from .ingest.distributed import ingest_distributed
+        (keyword arguments of :func:`llama_index_crab.ingest.distributed.ingest_distributed`).
 
-            return ingest_distributed(
+        A missing collection is created by the first document written, in that write's
+        transaction: a first ingest that fails or is cut off at any moment (an error, the
+        server stopping, a full disk, Ctrl-C, a kill) leaves no empty collection. (With Ray,
+        whose writers have stores of their own, it is created first and dropped again.)
+        """
+        if executor not in ("local", "ray"):
+            raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
+        if executor == "local":
+            from .ingest.local import ingest_paths
+
+            with self.store.created_by_first_write(**self.collection_options):
+                return ingest_paths(
+                    paths, self.embed_model, self.store, progress=progress, **kwargs
+                )
+        from .ingest.distributed import ingest_distributed
+        from .store.collections import collection_exists
+
+        created = not collection_exists(self.store.client, self.store.collection_name)
+        if created:
+            self.store.create_collection(exist_ok=True, **self.collection_options)
+        try:
+            report = ingest_distributed(
                 paths, self.embed_model, self.store, progress=progress, **kwargs
             )
-        if executor != "local":
-            raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
-        from .ingest.local import ingest_paths
-
-        return ingest_paths(paths, self.embed_model, self.store, progress=progress, **kwargs)
+        except BaseException:
+            if created:
+                _drop_if_empty(self.store)
+            raise
+        if created and not report.added:
+            _drop_if_empty(self.store)
+        return report
 
     def search(
         self,
@@ -358,6 +381,18 @@ class Pipeline:
         self.store.close()
 
 
+def _drop_if_empty(store: PostgresVectorStore) -> None:
+    """Drop the store's collection if it holds no node (a first ingest that wrote nothing)."""
+    from .store.collections import drop_collection, list_collections
+
+    try:
+        found = [c for c in list_collections(store.client) if c.name == store.collection_name]
+        if found and found[0].count == 0:
+            drop_collection(store.client, store.collection_name)
+    except Exception:  # the error that got us here matters more
+        pass
+
+
 def source_name(hit: NodeWithScore) -> str:
     """How a hit's document is shown: its path relative to the folder ingested."""
     meta = hit.node.metadata
@@ -420,7 +455,7 @@ def build_pipeline(
     store = PostgresVectorStore(url, collection, identity=identity, read_urls=read_urls)
     if create_collection:
         store.create_collection(exist_ok=True, text_search_config=text_search_config)
-    return Pipeline(
+    pipe = Pipeline(
         embedder,
         store,
         reranker,
@@ -429,3 +464,5 @@ def build_pipeline(
         llm=llm,
         mode=mode,
     )
+    pipe.collection_options = {"text_search_config": text_search_config}
+    return pipe

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,7 +24,11 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                # Ours and other user warnings: shown once each, as one masked line.
+                warnings.simplefilter("default", UserWarning)
+                warnings.showwarning = _show_warning
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.Abort):
             raise
         except click.UsageError as exc:
@@ -63,6 +68,13 @@ def _one_line(exc: Exception) -> str:
     if isinstance(exc, (CrabError, *_EXPECTED)):
         return message
     return f"unexpected {type(exc).__name__}: {message}; run with --debug for the traceback"
+
+
+def _show_warning(
+    message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any
+) -> None:
+    """A warning as one line, ``warning: MESSAGE``, without its source line."""
+    click.secho(f"warning: {_safe(' '.join(str(message).split()))}", fg="yellow", err=True)
 
 
 def _fail(message: str) -> None:
@@ -219,6 +231,12 @@ def main(ctx: click.Context, debug: bool) -> None:
     metavar="[ADDRESS]",
     help="Run on a Ray cluster (default: RAY_ADDRESS, a local `ray start`, else a new one).",
 )
+@click.option(
+    "--follow-links",
+    is_flag=True,
+    help="Also ingest symbolic links that lead out of the folders (and, as root, links "
+    "other users left in folders they can write).",
+)
 @click.option("--ray-workers", type=int, help="Embedding actors; default: all the cluster's CPUs.")
 @click.option("--ray-cpus-per-worker", type=int, default=1, show_default=True)
 @click.option("--ray-writers", type=int, default=1, show_default=True, help="Database connections.")
@@ -231,6 +249,7 @@ def ingest(
     ray_cpus_per_worker: int,
     ray_writers: int,
     prune: bool,
+    follow_links: bool,
     **opts: Any,
 ) -> None:
     """Ingest files and folders (.txt .md .html .pdf); unchanged files are skipped, and
@@ -240,13 +259,9 @@ def ingest(
     With --ray, put it after the paths (or give it an address): `crab ingest docs/ --ray`.
     """
     from ..ingest.files import find_files
-    from ..store.collections import collection_exists
 
-    found = find_files(paths)
+    found = find_files(paths, follow_links=follow_links)
     pipe = _pipeline(opts, create=False, rerank=False)
-    created = not collection_exists(pipe.store.client, pipe.store.collection_name)
-    if created:  # checks the schema first: an old one is refused before anything changes
-        pipe.store.create_collection(exist_ok=True)
     kwargs: dict[str, Any] = _chunking(opts)
     if ray_address is not None:
         kwargs |= {
@@ -256,17 +271,11 @@ def ingest(
             "cpus_per_worker": ray_cpus_per_worker,
             "writers": ray_writers,
         }
-    try:
+    try:  # a missing collection is made by the first write: a failed run leaves none
         report = _ingest_with_progress(pipe, found, prune, batch_chunks, kwargs)
-        failed = [p for p in report.problems if p.error]
-        if failed and created and not report.added:
-            _drop_if_empty(pipe.store)
-    except BaseException:
-        if created:
-            _drop_if_empty(pipe.store)
-        raise
     finally:
         pipe.close()
+    failed = [p for p in report.problems if p.error]
     for problem in report.problems:
         click.echo(f"{'error' if problem.error else 'warning'}: {problem}", err=True)
     seconds = " ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
@@ -289,37 +298,33 @@ def ingest(
 def _ingest_with_progress(
     pipe: Any, found: Any, prune: bool, batch_chunks: int, kwargs: dict[str, Any]
 ) -> Any:
+    """Run the ingest with a progress bar, shown from the first document done: an error
+    before (an old schema, a refused write) stays a one-line message."""
     from tqdm import tqdm
 
     started = time.perf_counter()
-    with tqdm(total=len(found.files), unit="doc", desc="ingest", file=sys.stderr) as bar:
-        chunks = 0
+    bars: list[Any] = []
+    chunks = 0
 
-        def progress(docs: int, new_chunks: int) -> None:
-            nonlocal chunks
-            chunks += new_chunks
-            bar.update(docs)
-            rate = chunks / (time.perf_counter() - started)
-            bar.set_postfix_str(f"{chunks} chunks, {rate:.0f} chunks/s")
+    def progress(docs: int, new_chunks: int) -> None:
+        nonlocal chunks
+        if not bars:
+            bars.append(tqdm(total=len(found.files), unit="doc", desc="ingest", file=sys.stderr))
+        chunks += new_chunks
+        bars[0].update(docs)
+        rate = chunks / (time.perf_counter() - started)
+        bars[0].set_postfix_str(f"{chunks} chunks, {rate:.0f} chunks/s")
 
+    try:
         report = pipe.ingest(
             found, progress=progress, batch_chunks=batch_chunks, prune=prune, **kwargs
         )
-        bar.update(len(found.files) - bar.n)
+        if bars:
+            bars[0].update(len(found.files) - bars[0].n)
+    finally:
+        for bar in bars:
+            bar.close()
     return report
-
-
-def _drop_if_empty(store: Any) -> None:
-    """Drop the collection this run created if it is still empty, so a failed first ingest
-    leaves nothing behind (no collection bound to a model that failed)."""
-    from ..store.collections import drop_collection, list_collections
-
-    try:
-        found = [c for c in list_collections(store.client) if c.name == store.collection_name]
-        if found and found[0].count == 0:
-            drop_collection(store.client, store.collection_name)
-    except Exception:  # the error that got us here matters more
-        pass
 
 
 def _filters(pairs: tuple[str, ...]) -> Any:

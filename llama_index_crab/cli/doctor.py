@@ -12,9 +12,15 @@ from ..store.db import mask_url, to_url
 Check = Callable[[], str]
 
 
+class Notice(Exception):
+    """Something to know, or to fix by hand, that does not fail the doctor."""
+
+
 def _run(name: str, check: Check, failures: list[str]) -> None:
     try:
         detail = check()
+    except Notice as notice:
+        click.secho(f"warn {name}: {notice}", fg="yellow")
     except Exception as exc:  # each check reports its own failure and the doctor goes on
         failures.append(name)
         click.secho(f"FAIL {name}: {exc}", fg="red")
@@ -71,6 +77,9 @@ def doctor(
         with engine.connect() as c:
             version = c.execute(sa.text("SHOW server_version")).scalar()
         return f"PostgreSQL {version} at {mask_url(sa.make_url(url))}"
+
+    def server_access() -> str:
+        return embedded_access()
 
     def engine() -> sa.Engine:
         if "engine" not in state:
@@ -135,6 +144,7 @@ def doctor(
         ("reranker", reranker),
         ("chat model", chat),
         ("database", database),
+        *([("server access", server_access)] if not database_url else []),
         ("pgvector", pgvector),
         ("migrations", revision),
         ("collection", collection_check),
@@ -144,6 +154,38 @@ def doctor(
         engine().dispose()
     if failures:
         raise SystemExit(1)
+
+
+def embedded_access() -> str:
+    """Which account runs the embedded server and what it may pass through."""
+    import pwd
+
+    from ..server import postgres, processes
+    from ..server.access import granted, opened_above
+
+    pgdata = postgres.data_dir().expanduser().resolve()
+    if os.geteuid() != 0:
+        return f"data in {pgdata}; the server runs as you, no folder is opened to anyone"
+    name = processes.SYSTEM_USER
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return f"data in {pgdata}; not started as root yet"
+    folders = granted(pgdata, uid) + granted(processes._bin(), uid)
+    passes = ", ".join(map(str, folders)) or "no folder needed it"
+    detail = (
+        f"data in {pgdata}; started by root, the server runs as {name!r}, which may pass "
+        f"through (ACL entry user:{name}:--x: no listing, no reading) {passes}"
+    )
+    opened = opened_above(pgdata)
+    if opened:
+        shown = ", ".join(f"{folder} ({oct(mode)})" for folder, mode in opened)
+        paths = " ".join(f"'{folder}'" for folder, _ in opened)
+        raise Notice(
+            f"{detail}; every user may read {shown}: versions before this one opened these "
+            f"on every start as root; if you did not choose it, run `chmod go-rx {paths}`"
+        )
+    return detail
 
 
 @click.group()

@@ -60,6 +60,7 @@ def ingest_distributed(
     files_per_task: int = 8,
     max_retries: int = 3,
     progress: Progress | None = None,
+    follow_links: bool = False,
     **chunking: Any,
 ) -> IngestReport:
     """Ingest files and folders into ``store`` on a Ray cluster, with the result of
@@ -86,7 +87,7 @@ def ingest_distributed(
         if value < 1:
             raise ValueError(f"{name} must be ≥ 1, got {value!r}")
     inspect.signature(splitter_for).bind(embed_model, **chunking)  # a bad option fails here
-    found = paths if isinstance(paths, FileSet) else find_files(paths)
+    found = paths if isinstance(paths, FileSet) else find_files(paths, follow_links=follow_links)
     report = IngestReport(problems=list(found.problems))
     known = store.document_hashes()  # the database is checked before any work is sent out
     import ray

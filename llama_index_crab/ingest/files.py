@@ -109,15 +109,20 @@ def printable(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def find_files(paths: Iterable[str | Path]) -> FileSet:
+def find_files(paths: Iterable[str | Path], *, follow_links: bool = False) -> FileSet:
     """The files to ingest: given files as they are (each once), folders searched for
-    supported suffixes; a missing path or an unreadable folder is a problem, not a stop."""
+    supported suffixes; a missing path or an unreadable folder is a problem, not a stop.
+
+    A folder's search stays inside it: a symbolic link whose target is outside the folder
+    is skipped with a warning, and so is, when running as root, a link or a file only
+    root may read that another user left in a folder others can write (they could point
+    root at anything). ``follow_links=True`` ingests both."""
     found = FileSet()
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
             found.folders.append(path.resolve())
-            _walk(path, found)
+            _walk(path, found, follow_links)
         elif path.exists() or path.is_symlink():
             _add(path, found)
         else:
@@ -125,17 +130,80 @@ def find_files(paths: Iterable[str | Path]) -> FileSet:
     return found
 
 
-def _walk(folder: Path, found: FileSet) -> None:
+def _walk(folder: Path, found: FileSet, follow_links: bool = False) -> None:
     def failed(exc: OSError) -> None:
         where = exc.filename or folder
         found.unlisted.append(str(Path(where).resolve()))
         found.problems.append(Problem(printable(where), f"cannot be listed: {_reason(exc)}"))
 
+    inside = folder.resolve()
     for root, dirs, names in os.walk(folder, onerror=failed):
         dirs.sort()
+        shared = _writable_by_others(root)
         for name in sorted(names):
-            if Path(name).suffix.lower() in SUPPORTED_SUFFIXES:
-                _add(Path(root, name), found)
+            if Path(name).suffix.lower() not in SUPPORTED_SUFFIXES:
+                continue
+            path = Path(root, name)
+            refused = None if follow_links else _leaves(path, inside, shared)
+            if refused is None:
+                _add(path, found)
+            else:
+                found.problems.append(Problem(printable(path), refused, error=False))
+
+
+_FOLLOW = "pass --follow-links (Python: follow_links=True) to ingest it"
+
+
+def _writable_by_others(folder: str) -> str | None:
+    """When we run as root: ``folder`` described if users other than root may write
+    in it (others, or a group other than root's), else None."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        info = os.stat(folder)
+    except OSError:
+        return None
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH or (mode & stat.S_IWGRP and info.st_gid != 0):
+        return f"{printable(folder)}, mode {oct(mode)}"
+    return None
+
+
+def _leaves(path: Path, inside: Path, shared: str | None) -> str | None:
+    """Why ``path``, found in the folder ``inside``, must not be read without
+    ``follow_links``: a link out of the folder, or what another user planted in a folder
+    others can write while we run as root; None when it may be read."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return None  # gone meanwhile: reading it reports that
+    link = stat.S_ISLNK(info.st_mode)
+    if link:
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None  # dangling or looping: reading it reports that
+        if inside not in target.parents:
+            return (
+                f"skipped: a symbolic link to {printable(target)}, outside the folder "
+                f"given; {_FOLLOW}"
+            )
+    if shared is None or info.st_uid == 0:
+        return None
+    if link or info.st_nlink > 1:
+        kind = "symbolic link" if link else "hard link"
+        return (
+            f"skipped: a {kind} made by another user (uid {info.st_uid}) in a folder others "
+            f"can write ({shared}); as root it could expose what that user may not read; "
+            f"{_FOLLOW}"
+        )
+    if not info.st_mode & stat.S_IROTH:
+        return (
+            f"skipped: owned by another user (uid {info.st_uid}, mode "
+            f"{oct(stat.S_IMODE(info.st_mode))}) in a folder others can write ({shared}), and "
+            f"readable here only with root's rights; ingest it as its owner, or {_FOLLOW}"
+        )
+    return None
 
 
 def _add(path: Path, found: FileSet) -> None:
@@ -188,7 +256,7 @@ def _read(path: Path) -> FileDoc:
         if not head.startswith(b"%PDF-"):
             raise _Refused("skipped: not a PDF (no %PDF- header)", error=False)
     elif encoding is None:
-        reason = binary_reason(head)
+        reason = binary_reason(head) or _binary_further(path)
         if reason is not None:
             raise _Refused(f"skipped: binary content ({reason})", error=False)
     from llama_index.core import SimpleDirectoryReader
@@ -289,6 +357,29 @@ def binary_reason(head: bytes) -> str | None:
     bad = sum(1 for c in text if c == "\ufffd" or (c < " " and c not in _TEXT_CONTROLS))
     if bad > MAX_NOT_TEXT * len(text):
         return f"{100 * bad // len(text)}% invalid UTF-8 or control characters"
+    return None
+
+
+_NOT_TEXT = re.compile("[\ufffd\x00-\x07\x0e-\x1a\x1c-\x1f]")
+
+
+def _binary_further(path: Path) -> str | None:
+    """Why ``path`` is not text past its head, or None: read block by block to the end, a
+    block with a NUL byte or mostly invalid UTF-8 or control characters makes it binary."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    offset = 0
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(SNIFF_BYTES):
+                nul = block.find(b"\x00")
+                if nul >= 0:
+                    return f"NUL bytes from byte {offset + nul}"
+                text = decoder.decode(block)
+                if len(_NOT_TEXT.findall(text)) > MAX_NOT_TEXT * max(len(text), 1):
+                    return f"invalid UTF-8 or control characters from byte {offset}"
+                offset += len(block)
+    except OSError as exc:
+        raise _Refused(f"cannot be read: {_reason(exc)}") from None
     return None
 
 

@@ -73,6 +73,7 @@ def ingest_paths(
     whole: bool = False,
     title: bool = False,
     prune: bool = True,
+    follow_links: bool = False,
 ) -> IngestReport:
     """Ingest files and folders into ``store``; unchanged files are skipped.
 
@@ -80,10 +81,11 @@ def ingest_paths(
     ingested. With ``prune`` (the default) a folder is mirrored: documents stored from
     files under it that no longer exist (deleted, renamed, or no longer a supported
     file) are removed. A document of more than ``batch_chunks`` chunks is embedded and
-    written batch by batch, still in one transaction.
+    written batch by batch, still in one transaction. A folder's symbolic links that lead
+    out of it are skipped unless ``follow_links`` (see :func:`._files.find_files`).
     """
     batcher: Batcher[tuple[FileDoc, list[TextNode]]] = Batcher(batch_chunks)
-    found = paths if isinstance(paths, FileSet) else find_files(paths)
+    found = paths if isinstance(paths, FileSet) else find_files(paths, follow_links=follow_links)
     report = IngestReport(problems=list(found.problems))
     splitter = splitter_for(embed_model, chunk_size, chunk_overlap, whole=whole, title=title)
     known = store.document_hashes()

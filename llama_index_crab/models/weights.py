@@ -90,13 +90,35 @@ def f32_copy(path: Path, cache: Path | None = None) -> Path:
         return dst
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _quantize(path, dst)
+        _quantize(path, dst, ftype)
     except OSError as exc:
         raise ModelError(
             f"could not write the float32 copy of {path.name} to {folder}: {exc}; set "
-            "CRAB_CACHE_DIR to a writable folder with room for it, or use weights='file'"
+            f"CRAB_CACHE_DIR to a writable folder with room for it, or {_USE_FILE}"
         ) from exc
     return dst
+
+
+_USE_FILE = (
+    "load the file's own weights instead: `--rerank-weights file` for a reranker, "
+    "`--embed-model` the .gguf itself for an embedder (Python: weights='file')"
+)
+# Bytes per weight of each widenable type, to size its float32 copy.
+_BYTES_PER_WEIGHT = {1: 2.0, 7: 34 / 32, 32: 2.0}
+
+
+def _no_room(src: Path, folder: Path, ftype: int) -> str | None:
+    """What the disk of ``folder`` lacks for the float32 copy of ``src``, or None."""
+    import shutil
+
+    need = src.stat().st_size * 4 / _BYTES_PER_WEIGHT[ftype]
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free >= need:
+        return None
+    return f"its disk has {free / 2**20:.0f} MB free, the copy needs about {need / 2**20:.0f} MB"
 
 
 @functools.lru_cache(maxsize=16)
@@ -105,7 +127,7 @@ def _source_hash(path: Path, mtime_ns: int, size: int) -> str:
     return file_sha256(path)[:16]
 
 
-def _quantize(src: Path, dst: Path) -> None:
+def _quantize(src: Path, dst: Path, ftype: int) -> None:
     import llama_cpp
 
     from .runtime import install_log_callback
@@ -119,9 +141,16 @@ def _quantize(src: Path, dst: Path) -> None:
     try:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if rc != 0 or not tmp.exists():
+            tmp.unlink(missing_ok=True)  # what a full disk took, before measuring it
+            room = _no_room(src, dst.parent, ftype)
+            if room is not None:
+                raise ModelError(
+                    f"no space left for the float32 copy of {src.name} in {dst.parent}: "
+                    f"{room}; free space there or set CRAB_CACHE_DIR to a disk with room, "
+                    f"or {_USE_FILE}"
+                )
             raise ModelError(
-                f"llama.cpp could not widen {src.name} to float32 (code {rc}); "
-                "use weights='file' for it"
+                f"llama.cpp could not widen {src.name} to float32 (code {rc}); {_USE_FILE}"
             )
         os.replace(tmp, dst)  # whole or absent; a concurrent maker writes the same bytes
     finally:

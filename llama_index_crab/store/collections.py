@@ -173,7 +173,7 @@ def get_collection(connection: sa.Connection, name: str) -> Collection:
 
 
 def create_collection(
-    bind: Bind,
+    bind: Bind | sa.Connection,
     name: str,
     identity: EmbeddingIdentity,
     *,
@@ -187,6 +187,7 @@ def create_collection(
     """Create collection ``name`` for vectors of ``identity`` and, unless ``index=False``,
     its (empty) HNSW index. For a bulk load pass ``index=False`` and call
     :func:`build_index` afterwards: building once is much faster than growing the graph.
+    ``bind`` may be a connection: the collection is then made in its transaction.
     """
     _check_name(name)
     if precision not in PRECISIONS:

@@ -16,10 +16,9 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 DRIVER = "postgresql+psycopg"
-# A URL up to the next blank or quote; its userinfo is everything before the *last* "@" of
-# the authority, since a password may hold an unencoded "@" (or ":" or "/").
-_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.-]*://[^\s'"<>`]+""")
-_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?pass(?:word|wd)?|secret|token)=([^&\s'\"]*)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_SECRET_KEY = re.compile(r"(?i)\b((?:ssl|pg)?pass(?:word|wd)?|secret|token)(\s*=\s*)")
+_MASK = "***"
 
 
 def to_url(url: str | sa.URL) -> sa.URL:
@@ -49,26 +48,68 @@ def _quote_userinfo(url: str) -> str:
 
 
 def mask_url(url: str | sa.URL) -> str:
-    """``url`` with its secrets replaced by ``***`` (the password of the userinfo, even one
-    with an unencoded ``@``, and ``password=`` query parameters), safe to print."""
-    text = url.render_as_string(hide_password=False) if isinstance(url, sa.URL) else str(url)
-    return mask_secrets(text)
+    """``url`` with its secrets replaced by ``***``, safe to print (see :func:`mask_secrets`)."""
+    if isinstance(url, sa.URL):
+        query = {k: _MASK if _SECRET_KEY.fullmatch(f"{k}=") else v for k, v in url.query.items()}
+        return mask_secrets(url.set(query=query).render_as_string(hide_password=True))
+    return mask_secrets(str(url))
 
 
 def mask_secrets(text: str) -> str:
-    """``text`` with the secrets of every URL in it, and of ``password=`` settings (as in
-    a libpq connection string), replaced by ``***``."""
-    return _SECRET_PARAM.sub(r"\1=***", _URL.sub(_mask_one, text))
+    """``text`` with every secret a database URL or connection string in it may hold
+    replaced by ``***``: the password of a URL's userinfo (up to the *last* ``@`` of the
+    line, as it may hold unencoded blanks, ``@`` or quotes), ``password=`` in a query string
+    and in a libpq ``key=value`` string (quoted values too). Masking errs towards hiding
+    more: a line is never printed with a part of a password."""
+    return "".join(_mask_keys(_mask_userinfo(line)) for line in text.splitlines(keepends=True))
 
 
-def _mask_one(match: re.Match[str]) -> str:
-    url = match.group(0)
-    scheme, _, rest = url.partition("://")
-    at = rest.rfind("@")  # over-masks when a query value holds "@": safe, and rare
-    if at < 0:
-        return url
-    user, colon, _ = rest[:at].partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1 :]}"
+def _mask_userinfo(line: str) -> str:
+    out, pos = [], 0
+    while (found := _SCHEME.search(line, pos)) is not None:
+        start = found.end()
+        user = re.match(r"[^:@/?#\s]*", line[start:])
+        colon = start + (user.end() if user else 0)
+        at = line.rfind("@", colon)
+        if colon >= len(line) or line[colon] != ":" or at < 0:
+            out.append(line[pos:start])
+            pos = start
+            continue
+        out.append(line[pos : colon + 1] + _MASK)
+        pos = at
+    return "".join(out) + line[pos:]
+
+
+def _mask_keys(line: str) -> str:
+    out, pos = [], 0
+    for found in _SECRET_KEY.finditer(line):
+        if found.start() < pos:
+            continue
+        start = found.end()
+        if start < len(line) and line[start] in "'\"":
+            end = _closing_quote(line, start)
+        else:
+            value = re.match(r"[^\s&#'\"]*", line[start:])
+            end = start + (value.end() if value else 0)
+            if end > start and line[end - 1] == ":" and (end == len(line) or line[end].isspace()):
+                end -= 1  # "...?password=x: reason": the colon is the message's
+        out.append(line[pos:start] + _MASK)
+        pos = end
+    return "".join(out) + line[pos:]
+
+
+def _closing_quote(line: str, start: int) -> int:
+    """The index after the quote closing the one at ``start`` (backslash escapes, as libpq
+    reads them), or the end of the line when it is not closed."""
+    quote_char, i = line[start], start + 1
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+        elif line[i] == quote_char:
+            return i + 1
+        else:
+            i += 1
+    return len(line)
 
 
 def engine_from(url_or_engine: str | sa.URL | sa.Engine) -> tuple[sa.Engine, bool]:
@@ -140,8 +181,12 @@ def _first_line(exc: BaseException | None) -> str:
 
 
 @contextmanager
-def transaction(bind: str | sa.URL | sa.Engine) -> Iterator[sa.Connection]:
-    """A connection in a transaction on ``bind``; an engine made from a URL is disposed after."""
+def transaction(bind: str | sa.URL | sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """A connection in a transaction on ``bind``; an engine made from a URL is disposed after.
+    A connection is used as it is, in the transaction its caller holds."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
     engine, owned = engine_from(bind)
     try:
         with translate_errors(engine.url), engine.begin() as connection:

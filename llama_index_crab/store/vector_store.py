@@ -26,6 +26,7 @@ from llama_index.core.vector_stores.types import (
 from llama_index.core.vector_stores.utils import metadata_dict_to_node
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..errors import CollectionNotFoundError
 from . import documents as _documents
 from . import mmr as _mmr
 from . import search as _search
@@ -86,6 +87,7 @@ class PostgresVectorStore(BasePydanticVectorStore):
     _identity: EmbeddingIdentity | None = PrivateAttr(default=None)
     _collection: Collection | None = PrivateAttr(default=None)
     _replicas: Replicas | None = PrivateAttr(default=None)
+    _pending: dict[str, Any] | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -121,13 +123,39 @@ class PostgresVectorStore(BasePydanticVectorStore):
         )
         return self._collection
 
+    @contextmanager
+    def created_by_first_write(self, **options: Any) -> Iterator[None]:
+        """Within this block a missing collection is created by the first document write, in
+        that write's transaction (``options`` as for :meth:`create_collection`): a run that
+        fails or is cut off before it has written anything leaves no collection behind."""
+        if self._identity is None:
+            raise ValueError("pass identity=EmbeddingIdentity(...) to create a collection")
+        self._pending = options
+        try:
+            yield
+        finally:
+            self._pending = None
+
+    @property
+    def _creating(self) -> bool:
+        return self._pending is not None
+
     # -- connections -------------------------------------------------------------------
 
-    def _load(self, connection: sa.Connection) -> Collection:
+    def _load(self, connection: sa.Connection, create: bool = False) -> Collection:
         if self._collection is None:
             from .migrate import check  # not at import: `python -m ...migrate` must load it first
 
             check(connection)
+            if create and self._pending is not None and self._identity is not None:
+                # Cached by _begin once this transaction commits.
+                return create_collection(
+                    connection,
+                    self.collection_name,
+                    self._identity,
+                    exist_ok=True,
+                    **self._pending,
+                )
             collection = get_collection(connection, self.collection_name)
             if self._identity is not None:
                 collection.check(self._identity)
@@ -135,10 +163,13 @@ class PostgresVectorStore(BasePydanticVectorStore):
         return self._collection
 
     @contextmanager
-    def _begin(self) -> Iterator[tuple[sa.Connection, Collection]]:
-        """A write transaction on the primary."""
+    def _begin(self, *, create: bool = False) -> Iterator[tuple[sa.Connection, Collection]]:
+        """A write transaction on the primary; ``create``: it may create the collection
+        (inside :meth:`created_by_first_write`)."""
         with translate_errors(self._engine.url), self._engine.begin() as connection:
-            yield connection, self._load(connection)
+            collection = self._load(connection, create)
+            yield connection, collection
+        self._collection = collection
         if self._replicas is not None and self.read_your_writes:
             self._replicas.written(self._engine)
 
@@ -244,18 +275,18 @@ class PostgresVectorStore(BasePydanticVectorStore):
         if not documents:
             return
         batch = [node for chunk in documents.values() for node in chunk]
-        with self._joined(connection) as (connection, collection):
+        with self._joined(connection, create=bool(batch)) as (connection, collection):
             _documents.clear(connection, collection.id, list(documents))
             if batch:
                 self._write(connection, collection, batch)
 
     @contextmanager
     def _joined(
-        self, connection: sa.Connection | None
+        self, connection: sa.Connection | None, *, create: bool = False
     ) -> Iterator[tuple[sa.Connection, Collection]]:
         """The caller's open transaction when given, else a new write transaction."""
         if connection is None:
-            with self._begin() as joined:
+            with self._begin(create=create) as joined:
                 yield joined
         else:
             yield connection, self._load(connection)
@@ -266,7 +297,7 @@ class PostgresVectorStore(BasePydanticVectorStore):
         """Make one document's nodes exactly those of ``batches``, in one transaction: each
         batch is written as soon as ``batches`` yields it (it may embed lazily), so only one
         batch is in memory, and still a reader or a crash sees the old document or the new."""
-        with self._begin() as (connection, collection):
+        with self._begin(create=True) as (connection, collection):
             _documents.clear(connection, collection.id, [ref_doc_id])
             for batch in batches:
                 if batch:
@@ -283,9 +314,15 @@ class PostgresVectorStore(BasePydanticVectorStore):
 
     def document_hashes(self) -> dict[str, str]:
         """``{ref_doc_id: metadata['doc_hash']}`` for every document in the collection (read
-        on the primary: ingest decides from it what to write)."""
-        with self._begin() as (connection, collection):
-            return _documents.hashes(connection, collection.id)
+        on the primary: ingest decides from it what to write); none for a collection that
+        its first write is to create (see :meth:`created_by_first_write`)."""
+        try:
+            with self._begin() as (connection, collection):
+                return _documents.hashes(connection, collection.id)
+        except CollectionNotFoundError:
+            if not self._creating:
+                raise
+            return {}
 
     def _write(
         self, connection: sa.Connection, collection: Collection, nodes: Sequence[BaseNode]
