@@ -48,6 +48,10 @@ BUNDLED_EMBEDDERS = {
     "q8_0": "all-MiniLM-L6-v2-q8_0.gguf",
 }
 DEFAULT_COLLECTION = "default"
+NOTHING_TO_SEARCH = (
+    "Nothing to search for: the question is only stop words or punctuation; ask with the "
+    "words that matter."
+)
 # Small local models follow a short instruction after the sources better than a system prompt.
 QA_PROMPT = (
     "{sources}\n\nUsing only the sources above, answer in two or three sentences: {question}\n"
@@ -166,6 +170,8 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
     mode: str = "dense"
     reranked: bool = False
+    # The text was only stop words or punctuation: nothing was searched.
+    nothing_to_search: bool = False
 
     @property
     def stages(self) -> str:
@@ -303,7 +309,8 @@ class Pipeline:
         rerank: bool = True,
         mode: str | None = None,
     ) -> SearchResult:
-        """Retrieve by ``mode`` (dense, text or hybrid), then rerank to ``top_n``.
+        """Retrieve by ``mode`` (dense, text or hybrid), then rerank to ``top_n``; a text of
+        only stop words or punctuation finds nothing (``nothing_to_search``).
 
         With a reranker, ``top_k`` candidates (default ``similarity_top_k``) are reranked
         and the best ``top_n`` kept. Without one (or ``rerank=False``) nothing is cut after
@@ -319,6 +326,8 @@ class Pipeline:
             k = top_k if top_k is not None else n
         if k < 1 or n < 1:
             raise ValueError(f"top_k and top_n must be ≥ 1, got {k}, {n}")
+        if not self.store.has_terms(text):
+            return SearchResult([], {}, mode, False, nothing_to_search=True)
         timings: dict[str, float] = {}
         vector = None
         if mode != "text":
@@ -357,6 +366,8 @@ class Pipeline:
         generated answer grounded on the sources.
         """
         found = self.search(question, **search)
+        if found.nothing_to_search:
+            return found, iter([NOTHING_TO_SEARCH])
         if not (self._llm is not None if generate is None else generate):
             from .answer.extractive import extract_answer, format_answer
 

@@ -485,3 +485,106 @@ def test_a_socket_directory_taken_by_another_user_is_no_denial_of_service(
         assert server.start(pgdata) == url  # found again: the same name each start
     finally:
         server.stop(pgdata)
+
+
+# -- 9. the smaller ones -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def filled(database_url: str) -> Iterator[str]:
+    """A collection of two small documents, dropped after the module."""
+    from llama_index_crab.store.collections import drop_collection
+
+    folder = Path(tempfile.mkdtemp(prefix="crab-hostile-docs-"))
+    (folder / "tides.md").write_text("The tides follow the moon. Spring tides are the highest.\n")
+    (folder / "crabs.md").write_text("Crabs walk sideways along the shore at low tide.\n")
+    name = f"hostile_filled_{os.getpid()}"
+    done = CliRunner().invoke(
+        main,
+        ["ingest", str(folder), "-c", name, "--embed-model", SMALL_MODEL],
+        env={"CRAB_DATABASE_URL": database_url},
+    )
+    assert done.exit_code == 0, done.output
+    yield name
+    drop_collection(database_url, name)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("question", ["the of and", "?!?", "what is it?"])
+def test_a_question_of_stop_words_has_nothing_to_search_for(
+    database_url: str, filled: str, question: str
+) -> None:
+    env = {"CRAB_DATABASE_URL": database_url}
+    common = ["-c", filled, "--embed-model", SMALL_MODEL, "--no-rerank"]
+    ask = CliRunner().invoke(main, ["ask", question, *common], env=env)
+    assert ask.exit_code == 0, ask.output
+    assert "Nothing to search for" in ask.output and "[1]" not in ask.output, ask.output
+    query = CliRunner().invoke(main, ["query", question, *common], env=env)
+    assert query.exit_code == 0 and query.output.startswith("Nothing to search for"), query.output
+
+
+def test_query_into_a_closed_pipe_ends_quietly(database_url: str, filled: str) -> None:
+    import sys
+
+    command = [sys.executable, "-m", "llama_index_crab.cli", "query", "tides", "-c", filled,
+               "--embed-model", SMALL_MODEL, "--no-rerank"]  # fmt: skip
+    env = {**os.environ, "CRAB_DATABASE_URL": database_url}
+    done = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert done.stdout is not None and done.stderr is not None
+    done.stdout.close()  # as `| head` does once it has its lines
+    err = done.stderr.read().decode()
+    assert done.wait(timeout=120) == 0 and "Error" not in err and "error" not in err, err
+
+
+def test_a_truncation_warning_is_one_line_without_source(workdir: Path) -> None:
+    long = "tide " * 2000
+    result = CliRunner().invoke(main, ["embed", long, "--embed-model", SMALL_MODEL])
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.output.splitlines() if "truncated" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: "), result.output
+    assert "warnings.warn" not in result.output and "TruncationWarning" not in result.output
+
+
+def test_an_unknown_migration_revision_is_one_line(database_url: str) -> None:
+    result = CliRunner().invoke(
+        main, ["migrate", "--revision", "9999"], env={"CRAB_DATABASE_URL": database_url}
+    )
+    line = result.output.strip()
+    assert result.exit_code == 1 and len(line.splitlines()) == 1, line
+    assert "'9999'" in line and "unexpected" not in line and "head" in line, line
+
+
+def test_dropping_a_collection_during_its_ingest_is_a_clear_error(
+    database_url: str, workdir: Path
+) -> None:
+    import sys
+    import time
+
+    from llama_index_crab.store.collections import list_collections
+
+    folder = workdir / "many"
+    folder.mkdir()
+    for i in range(60):
+        (folder / f"doc{i:02}.md").write_text(f"Document {i} is about tide number {i}.\n" * 20)
+    name = f"hostile_dropped_{os.getpid()}"
+    env = {**os.environ, "CRAB_DATABASE_URL": database_url}
+    command = [sys.executable, "-m", "llama_index_crab.cli", "ingest", str(folder), "-c", name,
+               "--embed-model", SMALL_MODEL, "--batch-chunks", "4"]  # fmt: skip
+    ingest = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(c.name == name and c.count for c in list_collections(database_url)):
+        assert ingest.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    drop = CliRunner().invoke(
+        main, ["collections", "drop", name, "--yes"], env={"CRAB_DATABASE_URL": database_url}
+    )
+    _, err = ingest.communicate(timeout=120)
+    assert drop.exit_code == 0, drop.output
+    last = err.strip().splitlines()[-1]
+    assert ingest.returncode == 1 and last.startswith("error: the collection was dropped"), err
+    assert "foreign key" not in err
+    leftover = [c for c in list_collections(database_url) if c.name == name]
+    if leftover:
+        from llama_index_crab.store.collections import drop_collection
+
+        drop_collection(database_url, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -28,9 +29,14 @@ class _Group(click.Group):
                 # Ours and other user warnings: shown once each, as one masked line.
                 warnings.simplefilter("default", UserWarning)
                 warnings.showwarning = _show_warning
-                return super().invoke(ctx)
+                result = super().invoke(ctx)
+                sys.stdout.flush()  # a closed pipe fails here, not in the last flush at exit
+                return result
         except (click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:  # `crab query ... | head`: the reader left, stop quietly
+            _silence_stdout()
+            ctx.exit(0)
         except click.UsageError as exc:
             if ctx.meta.get("crab.debug"):
                 raise
@@ -68,6 +74,16 @@ def _one_line(exc: Exception) -> str:
     if isinstance(exc, (CrabError, *_EXPECTED)):
         return message
     return f"unexpected {type(exc).__name__}: {message}; run with --debug for the traceback"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit does not fail on the closed pipe."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _show_warning(
@@ -397,7 +413,7 @@ def _stages(result: Any, pipe: Any) -> str:
 @_search_options
 def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> None:
     """Find the passages that answer TEXT (reranked when a reranker is set)."""
-    from ..pipeline import source_name
+    from ..pipeline import NOTHING_TO_SEARCH, source_name
 
     pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
     result = pipe.search(text, **_search_args(opts, filters))
@@ -417,7 +433,12 @@ def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> No
     timings = {k: round(v * 1000, 1) for k, v in result.timings.items()}
     if as_json:
         out = {"query": text, "stages": stages, "results": rows, "timings_ms": timings}
+        if result.nothing_to_search:
+            out["note"] = NOTHING_TO_SEARCH
         click.echo(json.dumps(out, indent=2))
+        return
+    if result.nothing_to_search:
+        click.echo(NOTHING_TO_SEARCH)
         return
     for row in rows:
         snippet = " ".join(str(row["text"]).split())[:160]

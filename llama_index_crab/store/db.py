@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from ..errors import DatabaseUnavailableError, SchemaError, StoreError
+from ..errors import CollectionNotFoundError, DatabaseUnavailableError, SchemaError, StoreError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -166,6 +166,11 @@ def translated(exc: sa.exc.DBAPIError | Exception, url: sa.URL) -> Exception:
     if sqlstate == "42P01" and "crab_" in str(orig):
         return SchemaError(
             f"database {mask_url(url)} is not migrated ({_first_line(orig)}); run `crab migrate`"
+        )
+    if sqlstate == "23503" and "crab_nodes" in str(orig):  # its collection row is gone
+        return CollectionNotFoundError(
+            "the collection was dropped while this command wrote to it (`crab collections "
+            "drop` meanwhile?); run the command again to fill a new one"
         )
     if sqlstate == "42501":  # insufficient privilege
         return StoreError(

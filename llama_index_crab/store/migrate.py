@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,15 +67,31 @@ def upgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "head") -> 
     with transaction(url_or_engine) as connection:
         # Concurrent first runs (several `crab` commands started at once) take turns.
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('crab migrate'))"))
-        command.upgrade(_config(connection), revision)
+        with _known_revision(revision):
+            command.upgrade(_config(connection), revision)
 
 
 def downgrade(url_or_engine: str | sa.URL | sa.Engine, revision: str = "base") -> None:
     """Migrate the database down to ``revision``; ``"base"`` drops every table of the package."""
     from alembic import command
 
-    with transaction(url_or_engine) as connection:
+    with transaction(url_or_engine) as connection, _known_revision(revision):
         command.downgrade(_config(connection), revision)
+
+
+@contextmanager
+def _known_revision(revision: str) -> Iterator[None]:
+    """Turn Alembic's error for a revision it does not know into a :class:`SchemaError`."""
+    from alembic.util import CommandError
+
+    try:
+        yield
+    except CommandError as exc:
+        raise SchemaError(
+            f"cannot migrate to revision {revision!r}: {' '.join(str(exc).split())}; use "
+            f"'head' (now {head()!r}), 'base', or a revision of "
+            "`python -m llama_index_crab.store.migrate heads`"
+        ) from exc
 
 
 def current(url_or_engine: str | sa.URL | sa.Engine | sa.Connection) -> str | None:

@@ -140,6 +140,19 @@ class PostgresVectorStore(BasePydanticVectorStore):
     def _creating(self) -> bool:
         return self._pending is not None
 
+    def has_terms(self, text: str) -> bool:
+        """Whether ``text`` holds a word the collection's full-text search keeps; ``False``
+        when it is only stop words or punctuation: there is nothing to search for."""
+
+        def run(connection: sa.Connection, collection: Collection) -> bool:
+            terms = sa.text("SELECT numnode(plainto_tsquery(CAST(:config AS regconfig), :text))")
+            found = connection.scalar(
+                terms, {"config": collection.text_search_config, "text": text}
+            )
+            return bool(found)
+
+        return bool(self._read(run))
+
     # -- connections -------------------------------------------------------------------
 
     def _load(self, connection: sa.Connection, create: bool = False) -> Collection:
