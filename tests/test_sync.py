@@ -200,7 +200,7 @@ WORKER = """
 import sys
 from llama_index_crab.sync import Worker
 url, collection, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-Worker(url, [collection], batch_rows=batch).run(once=True)
+print(Worker(url, [collection], batch_rows=batch).run(once=True).done)
 """
 
 
@@ -210,6 +210,7 @@ def _worker(url: str, collection: str, batch: int = 256) -> subprocess.Popen[byt
         [sys.executable, "-c", WORKER, url, collection, str(batch)],
         env=env,
         start_new_session=True,
+        stdout=subprocess.PIPE,
     )
 
 
@@ -235,7 +236,9 @@ def test_three_workers_at_once_write_every_row_exactly_once(
     store = _store(database_url, collection_name, embedder, index=False)
     source = vectorize(store, table, column="body", embed_model=MODEL)
     workers = [_worker(database_url, collection_name, batch=500) for _ in range(3)]
-    assert [w.wait(timeout=300) for w in workers] == [0, 0, 0]
+    done = [int(w.communicate(timeout=300)[0]) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0]
+    assert sum(done) == rows and min(done) > 0  # all three took part, no item twice
     counts = _sql(
         engine,
         "SELECT count(*), count(DISTINCT ref_doc_id) FROM crab_nodes n JOIN crab_collections c "
