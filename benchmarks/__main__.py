@@ -10,7 +10,7 @@ import time
 
 from benchmarks._report import header, write_report
 
-BENCHMARKS = ("embed", "rerank", "kernels", "store", "e2e", "quality", "distributed", "sync")
+BENCHMARKS = ("embed", "rerank", "kernels", "anchor", "store", "e2e", "quality", "distributed", "sync")
 
 
 def _available() -> list[str]:

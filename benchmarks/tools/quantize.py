@@ -21,8 +21,8 @@ CACHE = Path(__file__).resolve().parent / ".cache"
 
 
 def to_bf16(src: Path, dst: Path, nthread: int = 2) -> Path:
-    """Requantize the f16 GGUF ``src`` to ``dst`` with ftype LLAMA_FTYPE_MOSTLY_BF16 (float32
-    copies are the package's own: ``llama_index_crab.models.weights.f32_copy``)."""
+    """Requantize the GGUF ``src`` (f16, f32 or q8_0) to ``dst`` with ftype
+    LLAMA_FTYPE_MOSTLY_BF16 (float32 copies are the package's own)."""
     import llama_cpp
 
     from llama_index_crab.models.runtime import _install_log_callback
@@ -30,6 +30,7 @@ def to_bf16(src: Path, dst: Path, nthread: int = 2) -> Path:
     _install_log_callback()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
+    params.allow_requantize = True  # q8_0 sources too (dequantized, then rounded to bf16)
     params.nthread = nthread
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_suffix(".tmp")
@@ -42,8 +43,10 @@ def to_bf16(src: Path, dst: Path, nthread: int = 2) -> Path:
 
 
 def cached(f16: Path, cache: Path = CACHE) -> Path:
-    """A bf16 copy of ``f16`` in ``cache``, made once (named after its hash)."""
-    dst = cache / f"{sha256(f16)[:12]}-{f16.name.replace('-f16', '-bf16')}"
+    """A bf16 copy of ``f16`` (or of a q8_0 / f32 file) in ``cache``, made once (named after
+    its hash)."""
+    stem = f16.name.replace("-f16", "-bf16").replace("-q8_0", "-bf16-from-q8_0")
+    dst = cache / f"{sha256(f16)[:12]}-{stem}"
     return dst if dst.exists() else to_bf16(f16, dst)
 
 
