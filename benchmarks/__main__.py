@@ -10,7 +10,18 @@ import time
 
 from benchmarks._report import header, write_report
 
-BENCHMARKS = ("embed", "rerank", "kernels", "anchor", "store", "e2e", "quality", "distributed", "sync")
+BENCHMARKS = (
+    "embed",
+    "rerank",
+    "kernels",
+    "anchor",
+    "int8",
+    "store",
+    "e2e",
+    "quality",
+    "distributed",
+    "sync",
+)
 
 
 def _available() -> list[str]:
