@@ -178,7 +178,7 @@ def run(quick: bool = False) -> str:
     """The anchor section of the report (markdown)."""
     python, model_dir = _anchor_python()
     onnx = _onnx(python, model_dir)
-    n_short, n_pass, rounds = (40, 12, 1) if quick else (200, 60, 3)
+    n_short, n_pass, rounds = (40, 12, 1) if quick else (120, 40, 3)
     short = make_workload(str(Q8), n_short, lo=8, hi=72, seed=4)
     passages = _passages(n_pass)
     with tempfile.TemporaryDirectory() as tmp:
