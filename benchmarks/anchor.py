@@ -47,7 +47,7 @@ REFERENCE = "sentence-transformers (PyTorch)"
 
 def _candidates() -> dict[str, tuple[Path, str | None]]:
     """Our weight candidates: name -> (GGUF, weights= option or None for the class default)."""
-    from llama_index_crab._widen import f32_copy
+    from llama_index_crab.models.weights import f32_copy
 
     out: dict[str, tuple[Path, str | None]] = {
         "crab default (weights='auto')": (BF16, None),

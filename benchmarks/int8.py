@@ -37,12 +37,12 @@ TYPES = {"q8_0": 7, "q6_K": 18, "q5_K_M": 17, "q4_K_M": 15, "q4_0": 2, "iq4_nl":
 def _make(src: Path, name: str, ftype: int) -> Path:
     import llama_cpp
 
-    from llama_index_crab._llama import _install_log_callback
+    from llama_index_crab.models.runtime import install_log_callback
 
     dst = CACHE / "int8" / f"all-MiniLM-L6-v2-{name}-from-f32.gguf"
     if dst.exists():
         return dst
-    _install_log_callback()
+    install_log_callback()
     dst.parent.mkdir(parents=True, exist_ok=True)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
@@ -53,7 +53,7 @@ def _make(src: Path, name: str, ftype: int) -> Path:
 
 
 def _models() -> dict[str, Path]:
-    from llama_index_crab._widen import f32_copy
+    from llama_index_crab.models.weights import f32_copy
 
     f32 = f32_copy(BF16)
     out = {"f32 (copy of bf16)": f32, "bf16 (bundled)": BF16, "q8_0 (bundled)": Q8}

@@ -25,9 +25,9 @@ def to_bf16(src: Path, dst: Path, nthread: int = 2) -> Path:
     LLAMA_FTYPE_MOSTLY_BF16 (float32 copies are the package's own)."""
     import llama_cpp
 
-    from llama_index_crab.models.runtime import _install_log_callback
+    from llama_index_crab.models.runtime import install_log_callback
 
-    _install_log_callback()
+    install_log_callback()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
     params.allow_requantize = True  # q8_0 sources too (dequantized, then rounded to bf16)
