@@ -40,12 +40,13 @@ __all__ = [
 ]
 
 BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"
-# Per weight type (llama_index_crab.models.cpu.preferred_weights); models/PROVENANCE.md. The f32
-# weights are a float32 copy of the bf16 file, made once in the cache (not carried: 91 MB).
+# The default loads the bf16 file with weights="auto" (the fastest of it and its copies on this
+# CPU); the q8_0 file, and the float32 copy earlier defaults loaded, serve the collections they
+# filled. models/PROVENANCE.md.
 BUNDLED_EMBEDDERS = {
-    "f32": "all-MiniLM-L6-v2-bf16.gguf",
     "bf16": "all-MiniLM-L6-v2-bf16.gguf",
     "q8_0": "all-MiniLM-L6-v2-q8_0.gguf",
+    "f32": "all-MiniLM-L6-v2-bf16.gguf",
 }
 DEFAULT_COLLECTION = "default"
 NOTHING_TO_SEARCH = (
@@ -61,42 +62,46 @@ QA_PROMPT = (
 
 
 def default_embed_model(recorded: str | None = None) -> str:
-    """``CRAB_EMBED_MODEL``, else the clone's bundled all-MiniLM-L6-v2 in the weights this
-    CPU runs best (:mod:`._cpu`: a float32 copy of the bundled bf16 file on x86 CPUs with
-    AVX-512, else q8_0), else the same model from the Hugging Face cache, fetched there once
-    (the ``hf`` extra). ``recorded``, the model a collection records: a collection filled by
-    other bundled weights keeps them."""
+    """``CRAB_EMBED_MODEL``, else the clone's bundled all-MiniLM-L6-v2 (bf16; the weights it
+    loads are chosen by measurement, see ``LlamaCppEmbedding(weights=...)``), else the same
+    model from the Hugging Face cache, fetched there once (the ``hf`` extra). ``recorded``,
+    the model a collection records: a collection filled by other bundled weights keeps them."""
     from .models import hub as _hub
-    from .models.cpu import preferred_weights
-    from .models.weights import f32_copy
 
     if os.environ.get("CRAB_EMBED_MODEL"):
         return os.environ["CRAB_EMBED_MODEL"]
     path = bundled_embedder(recorded)
     if path is not None:
         return str(path)
-    fetched = _hub.fetch(_hub.DEFAULT_EMBEDDER, "CRAB_EMBED_MODEL")
-    return str(f32_copy(fetched) if preferred_weights()[0] == "f32" else fetched)
+    return str(_hub.fetch(_hub.DEFAULT_EMBEDDER, "CRAB_EMBED_MODEL"))
 
 
 def bundled_embedder(recorded: str | None = None) -> Path | None:
-    """The bundled embedder in this CPU's weights (see :mod:`._cpu`; for f32, the float32
-    copy of the bundled bf16 file, made once in the cache), or the bundled weights whose
-    content hash ``recorded`` names (``name@hash``, as collections store it)."""
-    from .models.cpu import preferred_weights
+    """The bundled bf16 embedder, or the bundled weights whose content hash ``recorded``
+    names (``name@hash``, as collections store it): the q8_0 file, or the float32 copy of the
+    bf16 file that earlier versions loaded by default (made again in the cache if missing)."""
     from .models.gguf import file_identity
 
-    first = preferred_weights()[0]
-    kinds = [first, *(k for k in BUNDLED_EMBEDDERS if k != first)]
+    default = _bundled("bf16") or _bundled("q8_0")
     name, _, digest = (recorded or "").rpartition("@")
-    # A float32 copy is made only when it is the choice or a collection records one.
-    if first != "f32" and not name.endswith("-f32.gguf"):
-        kinds.remove("f32")
-    found = [p for p in map(_bundled, kinds) if p is not None]
-    for path in found if digest else []:
+    if default is None or not digest:
+        return default
+    kinds = ["bf16", "q8_0"] + (["f32"] if name.endswith("-f32.gguf") else [])
+    for path in (p for p in map(_bundled, kinds) if p is not None):
         if file_identity(path).rpartition("@")[2] == digest:
             return path
-    return found[0] if found else None
+    return default
+
+
+def recorded_weights(path: str) -> str:
+    """``weights=`` for the embedder a pipeline loads: "file" for the weights earlier defaults
+    loaded as they are (the bundled q8_0 file, the float32 copy in the cache), so their
+    collections keep the weights they were filled with; "auto" for any other model."""
+    from .models.weights import cache_root
+
+    found = Path(path).resolve()
+    q8 = (BUNDLED_MODELS / BUNDLED_EMBEDDERS["q8_0"]).resolve()
+    return "file" if found == q8 or found.is_relative_to(cache_root().resolve()) else "auto"
 
 
 def _bundled(kind: str) -> Path | None:
@@ -427,7 +432,7 @@ def build_pipeline(
     text_search_config: str = "english",
     read_urls: Sequence[str] = (),
     n_gpu_layers: int = 0,
-    rerank_weights: str = "file",
+    rerank_weights: str = "auto",
 ) -> Pipeline:
     """Wire embeddings, the pgvector store and the reranker; nothing left to do by hand.
 
@@ -439,7 +444,7 @@ def build_pipeline(
     ``CRAB_RERANK_MODEL``) and ``rerank`` is true. ``read_urls``: streaming replicas that
     serve the searches (see :class:`PostgresVectorStore`). ``n_gpu_layers`` offloads the
     models loaded here to a GPU (-1: all layers; a CPU build ignores it).
-    ``rerank_weights="f32"`` loads a float32 copy of the reranker (see ``LlamaCppRerank``).
+    ``rerank_weights`` chooses the reranker's weights (see ``LlamaCppRerank``).
     """
     from .store.vector_store import PostgresVectorStore
 
@@ -450,7 +455,9 @@ def build_pipeline(
         # An existing collection keeps the bundled weights it was filled with (f32, bf16, q8_0).
         recorded = None if embed_model else _recorded_model([*read_urls, url], collection)
         chosen = embed_model or default_embed_model(recorded)
-        embedder = LlamaCppEmbedding(chosen, n_gpu_layers=n_gpu_layers)
+        embedder = LlamaCppEmbedding(
+            chosen, n_gpu_layers=n_gpu_layers, weights=recorded_weights(str(chosen))
+        )
     reranker: LlamaCppRerank | None = None
     if isinstance(rerank_model, LlamaCppRerank):
         reranker = rerank_model

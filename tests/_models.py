@@ -48,22 +48,45 @@ def reference(name: str) -> dict[str, Any]:
     return data
 
 
-EMBEDDER_IDS = ["f16", "bf16", "q8_0", "f32-from-bf16", "f32-from-q8_0"]
+EMBEDDER_IDS = [
+    "f16",
+    "bf16",
+    "q8_0",
+    "f32-from-bf16",
+    "f32-from-q8_0",
+    "bf16-from-q8_0",
+    "f32-from-f16",
+    "bf16-from-f16",
+]
 
 
 def embedder_files() -> list[Any]:
     """Parametrize values (model file, minimum cosine), in EMBEDDER_IDS order: f16 and bf16
-    held to 0.9999, q8_0 to 0.997; float32 copies to their source's bar or better. The f16
-    row needs ../shared/models and is skipped without it."""
-    from llama_index_crab.models.weights import f32_copy
+    held to 0.9999, q8_0 to 0.997; the float32 and bf16 copies weights="auto" chooses from
+    to their source's bar or better. The f16 rows need ../shared/models and are skipped
+    without it."""
+    from llama_index_crab.models.weights import copy, f32_copy
 
     f16, skip_f16 = shared_param(EMBEDDER_F16_NAME)
+    from_f16 = (
+        [
+            pytest.param(f32_copy(f16), 0.9999, id="f32-from-f16"),
+            pytest.param(copy(f16, "bf16"), 0.9999, id="bf16-from-f16"),
+        ]
+        if f16.exists()
+        else [
+            pytest.param(f16, 0.9999, marks=skip_f16, id="f32-from-f16"),
+            pytest.param(f16, 0.9999, marks=skip_f16, id="bf16-from-f16"),
+        ]
+    )
     return [
         pytest.param(f16, 0.9999, marks=skip_f16, id="f16"),
         pytest.param(EMBEDDER_BF16, 0.9999, id="bf16"),
         pytest.param(EMBEDDER_Q8, 0.997, id="q8_0"),
         pytest.param(f32_copy(EMBEDDER_BF16), 0.9999, id="f32-from-bf16"),
         pytest.param(f32_copy(EMBEDDER_Q8), 0.999, id="f32-from-q8_0"),
+        pytest.param(copy(EMBEDDER_Q8, "bf16"), 0.997, id="bf16-from-q8_0"),
+        *from_f16,
     ]
 
 

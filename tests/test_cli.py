@@ -120,7 +120,7 @@ def test_collections_lists_model_and_count(
     assert cli.invoke(main, ["ingest", str(corpus)]).exit_code == 0
     result = cli.invoke(main, ["collections"])
     line = next(l for l in result.output.splitlines() if l.startswith(collection_name))
-    bundled = bundled_embedder()  # f32 copy or q8_0, by the CPU's flags
+    bundled = bundled_embedder()  # the bf16 file: its identity, whatever weights "auto" loads
     assert bundled is not None and f"{bundled.name}@" in line
     assert "384-dim" in line and "indexed" in line
 

@@ -19,9 +19,7 @@ from _models import EMBEDDER_Q8
 from llama_index_crab import pipeline
 from llama_index_crab.errors import ModelError
 from llama_index_crab.models import hub as _hub
-from llama_index_crab.models.cpu import preferred_weights
 from llama_index_crab.models.gguf import file_sha256
-from llama_index_crab.models.weights import f32_copy
 
 # Runs the CLI with pipeline.BUNDLED_MODELS moved to argv[1] (a folder without models).
 RUN_CLI = (
@@ -115,12 +113,10 @@ def test_default_resolution_prefers_env_then_clone_then_cache(
     monkeypatch.setenv("CRAB_EMBED_MODEL", "/models/chosen.gguf")
     assert pipeline.default_embed_model() == "/models/chosen.gguf"
     monkeypatch.delenv("CRAB_EMBED_MODEL")
-    assert pipeline.default_embed_model() == str(pipeline.bundled_embedder())  # f32 copy or q8_0
+    assert pipeline.default_embed_model() == str(pipeline.bundled_embedder())  # the bf16 file
     monkeypatch.setattr(pipeline, "BUNDLED_MODELS", tmp_path / "no-models")
-    # From the cache, in this CPU's weights: the float32 copy where f32 is preferred.
-    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path / "crab"))
-    wide = preferred_weights()[0] == "f32"
-    assert pipeline.default_embed_model() == str(f32_copy(cached) if wide else cached)
+    # From the cache, as it is: weights="auto" picks among it and its copies when it loads.
+    assert pipeline.default_embed_model() == str(cached)
 
 
 def test_a_pinned_sha256_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

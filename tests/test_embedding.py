@@ -35,7 +35,7 @@ def q8() -> LlamaCppEmbedding:
 @pytest.mark.parametrize("model_file,threshold", embedder_files())
 def test_parity_with_pytorch_reference(model_file: Path, threshold: float, pooling: str) -> None:
     texts = reference("embeddings.json")["texts"]
-    with LlamaCppEmbedding(model_file, pooling=pooling, allow_empty=True) as emb:
+    with LlamaCppEmbedding(model_file, pooling=pooling, allow_empty=True, weights="file") as emb:
         with pytest.warns(TruncationWarning):
             got = emb.embed([t["text"] for t in texts])
     worst = {t["id"]: cosine(v, np.array(t[pooling])) for t, v in zip(texts, got)}
@@ -46,7 +46,7 @@ def test_parity_with_pytorch_reference(model_file: Path, threshold: float, pooli
 @pytest.mark.parametrize("model_file,threshold", embedder_files())
 def test_token_level_parity(model_file: Path, threshold: float) -> None:
     texts = [t for t in reference("embeddings.json")["texts"] if "token_embeddings" in t]
-    with LlamaCppEmbedding(model_file) as emb:
+    with LlamaCppEmbedding(model_file, weights="file") as emb:
         mats = emb.get_token_embeddings_batch([t["text"] for t in texts])
     for t, mat in zip(texts, mats):
         ref = np.array(t["token_embeddings"])
@@ -89,7 +89,7 @@ def mixed_texts(n: int) -> list[str]:
 @pytest.mark.parametrize("model_file,threshold", embedder_files())
 def test_batched_equals_one_at_a_time(model_file: Path, threshold: float) -> None:
     texts = mixed_texts(70)
-    with LlamaCppEmbedding(model_file) as emb:
+    with LlamaCppEmbedding(model_file, weights="file") as emb:
         total = sum(len(emb.runner.tokenize(t)) for t in texts)
         assert total > 4 * emb.batch_tokens  # several decodes, not one
         batched = emb.embed(texts)

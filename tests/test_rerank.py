@@ -27,7 +27,7 @@ def score_all(model: LlamaCppRerank) -> list[float]:
 @pytest.fixture(scope="module")
 def f16() -> LlamaCppRerank:
     """The f16 toy reranker from ../shared/models (its tests skip without it)."""
-    model = LlamaCppRerank(shared(F16), scores="raw")
+    model = LlamaCppRerank(shared(F16), scores="raw", weights="file")
     yield model
     model.close()
 
@@ -55,7 +55,7 @@ def test_default_scores_match_pytorch_pair_encoding(f16: LlamaCppRerank) -> None
 
 
 def test_token_type_zero_matches_llama_cpp_reference() -> None:
-    with_zero = LlamaCppRerank(shared(F16), scores="raw", token_types=False)
+    with_zero = LlamaCppRerank(shared(F16), scores="raw", token_types=False, weights="file")
     got = score_all(with_zero)
     with_zero.close()
     worst = max(abs(g - d["logit_token_type_zero"]) for g, (_, d) in zip(got, pairs()))
@@ -63,7 +63,7 @@ def test_token_type_zero_matches_llama_cpp_reference() -> None:
 
 
 def test_q8_scores_within_quantisation_margin() -> None:
-    model = LlamaCppRerank(RERANKER_Q8, scores="raw")
+    model = LlamaCppRerank(RERANKER_Q8, scores="raw", weights="file")
     got = score_all(model)
     model.close()
     assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.5
@@ -79,9 +79,20 @@ def test_f32_copy_of_q8_scores_within_quantisation_margin(
     assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.5
 
 
+def test_bf16_copy_of_q8_scores_within_quantisation_margin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A weights="auto" candidate: the q8_0 weights rounded to bf16; q8_0's bar holds.
+    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path))
+    model = LlamaCppRerank(RERANKER_Q8, scores="raw", weights="bf16")
+    got = score_all(model)
+    model.close()
+    assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.5
+
+
 def test_bf16_scores_match_pytorch_pair_encoding(tmp_path: Path) -> None:
     # bf16 keeps 8 mantissa bits against f16's 11: held to 0.1 logit (q8_0: 0.5).
-    model = LlamaCppRerank(bf16_copy(shared(F16), tmp_path), scores="raw")
+    model = LlamaCppRerank(bf16_copy(shared(F16), tmp_path), scores="raw", weights="file")
     got = score_all(model)
     model.close()
     assert max(abs(g - d["logit_hf_pair"]) for g, (_, d) in zip(got, pairs())) <= 0.1
@@ -107,7 +118,7 @@ def test_probability_is_sigmoid_of_logit(toy: LlamaCppRerank) -> None:
 
 
 def test_probability_matches_pytorch(f16: LlamaCppRerank) -> None:
-    prob = LlamaCppRerank(shared(F16))
+    prob = LlamaCppRerank(shared(F16), weights="file")
     query, doc = pairs()[0]
     p = prob.score(query, [doc["document"]])[0]
     prob.close()

@@ -57,7 +57,7 @@ def test_f32_weights_embed_as_the_file_does(
 ) -> None:
     monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path))
     with (
-        LlamaCppEmbedding(EMBEDDER_BF16) as file,
+        LlamaCppEmbedding(EMBEDDER_BF16, weights="file") as file,
         LlamaCppEmbedding(EMBEDDER_BF16, weights="f32") as wide,
     ):
         assert Path(wide.model_path).is_relative_to(tmp_path)

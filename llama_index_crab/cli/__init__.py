@@ -124,11 +124,11 @@ def _gpu_option(f: F) -> F:
 _RERANK_WEIGHTS = click.option(
     "--rerank-weights",
     envvar="CRAB_RERANK_WEIGHTS",
-    type=click.Choice(["file", "f32"]),
-    default="file",
+    type=click.Choice(["auto", "file", "f32", "bf16"]),
+    default="auto",
     show_default=True,
-    help="f32: rerank with a float32 copy of the cross-encoder (made once in the cache; "
-    "faster on AVX-512 CPUs, 4 bytes per weight).",
+    help="auto: the fastest on this CPU of the file and its float32 / bf16 copies (timed "
+    "once, remembered); file, f32, bf16 force one (copies are made once in the cache).",
 )
 
 

@@ -34,12 +34,14 @@ def _run(name: str, check: Check, failures: list[str]) -> None:
 @click.option("--embed-model", envvar="CRAB_EMBED_MODEL")
 @click.option("--rerank-model", envvar="CRAB_RERANK_MODEL")
 @click.option("--chat-model", envvar="CRAB_CHAT_MODEL")
+@click.option("--remeasure", is_flag=True, help="Time the models' weight candidates again.")
 def doctor(
     database_url: str | None,
     collection: str,
     embed_model: str | None,
     rerank_model: str | None,
     chat_model: str | None,
+    remeasure: bool,
 ) -> None:
     """Check models, database, pgvector, migrations and the collection; say how to fix each."""
     import sqlalchemy as sa
@@ -47,7 +49,12 @@ def doctor(
     from ..models.chat import default_chat_model
     from ..models.embedding import LlamaCppEmbedding
     from ..models.rerank import LlamaCppRerank
-    from ..pipeline import default_embed_model, default_rerank_model, resolve_database_url
+    from ..pipeline import (
+        default_embed_model,
+        default_rerank_model,
+        recorded_weights,
+        resolve_database_url,
+    )
     from ..store import migrate
     from ..store.collections import get_collection
 
@@ -55,9 +62,9 @@ def doctor(
     state: dict[str, object] = {}
 
     def embedder() -> str:
-        model = LlamaCppEmbedding(embed_model or default_embed_model())
+        state["embed_path"] = source = embed_model or default_embed_model()
+        model = LlamaCppEmbedding(source)
         state["identity"] = model.identity()
-        state["embed_path"] = model.model_path
         return f"{model.model_name}, pooling {model.resolved_pooling}, {model.dimension}-dim"
 
     def reranker() -> str:
@@ -118,10 +125,19 @@ def doctor(
         return f"at {head}"
 
     def weights() -> str:
-        from ..models.cpu import preferred_weights
+        from ..models.cpu import cpu_model, llama_build
+        from ..models.gguf import resolve_model_path
+        from ..models.weights import choose
 
-        kind, why = preferred_weights()
-        return f"{kind} for the bundled embedder: {why}"
+        lines = [f"weights='auto' times each model once on {cpu_model()}, {llama_build()}:"]
+        roles = {"embedder": embed_model or default_embed_model()}
+        roles["reranker"] = rerank_model or default_rerank_model() or ""
+        for role, spec in roles.items():
+            if spec:
+                path = resolve_model_path(spec)
+                found = choose(path, remeasure=remeasure)
+                lines.append(f"     {role} {path.name}: {found.describe()}")
+        return "\n".join(lines)
 
     def collection_check() -> str:
         with engine().connect() as c:
@@ -132,15 +148,15 @@ def doctor(
             # As build_pipeline does: a collection keeps the bundled weights it was filled with.
             kept = default_embed_model(found.identity.model)
             if kept != state.get("embed_path"):
-                identity = LlamaCppEmbedding(kept).identity()
+                identity = LlamaCppEmbedding(kept, weights=recorded_weights(kept)).identity()
                 note = f"; uses {os.path.basename(kept)}, the weights it was filled with"
         if identity is not None:
             found.check(identity)  # type: ignore[arg-type]
         return f"{collection!r}: {found.identity.describe()}{note}"
 
     for name, check in [
+        ("weights", weights),  # first: the models below load a re-measured choice
         ("embedding model", embedder),
-        ("weights", weights),
         ("reranker", reranker),
         ("chat model", chat),
         ("database", database),

@@ -1,36 +1,98 @@
-"""Which weight type suits this CPU: float32 where llama.cpp's f32 matmuls have AVX-512,
-else q8_0 (``benchmarks/kernels.py`` measures them; ``docs/performance.md`` has the numbers)."""
+"""This machine as the weights choice sees it: the CPU's model and flags, the llama.cpp build,
+and a short timed decode of each weight candidate (``models/weights.py`` decides with it)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable
+import hashlib
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
 
-__all__ = ["F32_FLAGS", "cpu_flags", "preferred_weights"]
+__all__ = ["cpu_flags", "cpu_model", "has_bf16_dot", "llama_build", "time_decodes"]
 
-# With AVX-512, llama.cpp's float32 matmuls (tinyBLAS, no conversion per block) ran a small
-# BERT 1.23x (embedding) / 1.32x (reranking) faster than q8_0 and ~1.2x faster than bf16, bf16
-# dot products included. With AVX2 only, f32 was 1.16x q8_0: under the 1.2x bar, so q8_0.
-F32_FLAGS = ("avx512f",)
+# Flags of CPUs with bf16 dot products (x86 AVX-512 BF16, AVX10; Arm's BF16 extension).
+BF16_FLAGS = ("avx512_bf16", "avx10", "bf16")
+# What a timed decode embeds: four sequences of ~60 tokens, a typical batch of short texts.
+SAMPLE = (
+    "A context manager sets something up on entry to a with statement and tears it down on "
+    "exit, even when the block raises: files are closed, locks released, transactions "
+    "committed or rolled back. The with statement calls __enter__ and binds its result, "
+    "then calls __exit__ with the exception, if any."
+)
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+def _cpuinfo() -> dict[str, str]:
+    found: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
+                key, _, value = line.partition(":")
+                found.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return found
 
 
-def preferred_weights(flags: Iterable[str] | None = None) -> tuple[str, str]:
-    """``("f32" | "q8_0", why)`` for a CPU with these flags (this machine's by default)."""
-    have = cpu_flags() if flags is None else frozenset(flags)
-    found = [f for f in F32_FLAGS if f in have]
-    if found:
-        return "f32", f"the CPU has {' and '.join(found)} (float32 matmuls measured fastest)"
-    return "q8_0", f"the CPU has none of {', '.join(F32_FLAGS)}"
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    info = _cpuinfo()
+    return frozenset((info.get("flags") or info.get("Features") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what the platform says)."""
+    info = _cpuinfo()
+    return info.get("model name") or info.get("CPU part") or platform.processor() or "unknown"
+
+
+def has_bf16_dot() -> bool:
+    """Whether the CPU says it has bf16 dot products (a bf16 copy is then worth timing)."""
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+@functools.cache
+def llama_build() -> str:
+    """llama-cpp-python's version and a hash of llama.cpp's system info (the instruction sets
+    and backends it was built with): a rebuilt llama.cpp is another build."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode(errors="replace")
+    return (
+        f"llama-cpp-python {llama_cpp.__version__} {hashlib.sha256(info.encode()).hexdigest()[:12]}"
+    )
+
+
+def time_decodes(
+    paths: Mapping[str, Path], *, budget: float = 1.0, rounds: tuple[int, int] = (3, 8)
+) -> dict[str, float]:
+    """CPU seconds of one decode (a batch of short texts, one thread) per candidate: the best
+    of interleaved rounds, at least ``rounds[0]``, more while under ``budget`` seconds, at
+    most ``rounds[1]``. One thread and its own CPU time: what the kernels cost, whatever else
+    runs on the machine."""
+    from .runtime import LlamaRunner
+
+    runners = {k: LlamaRunner(p, n_threads=1, n_contexts=1) for k, p in paths.items()}
+    try:
+        first = next(iter(runners.values()))
+        words = first.tokenize(SAMPLE)
+        seqs = [words[i : i + 60] for i in (0, 4, 8, 12)]
+        best = {k: float("inf") for k in runners}
+        for r in runners.values():
+            r.run(seqs)  # warm-up: first-call allocations
+        spent, done = 0.0, 0
+        while done < rounds[0] or (spent < budget and done < rounds[1]):
+            order = list(runners) if done % 2 == 0 else list(reversed(runners))
+            for k in order:
+                start = time.thread_time()
+                runners[k].run(seqs)
+                took = time.thread_time() - start
+                best[k] = min(best[k], took)
+                spent += took
+            done += 1
+        return best
+    finally:
+        for r in runners.values():
+            r.close()

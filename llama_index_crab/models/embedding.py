@@ -62,16 +62,17 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, model: str | os.PathLike[str] | Any, **kwargs: Any) -> None:
-        llm = None
+        llm = source = None
         if isinstance(model, (str, os.PathLike)):
-            path = model_file(resolve_model_path(model), kwargs.get("weights", "file"))
+            source = resolve_model_path(model)
+            path = model_file(source, kwargs.get("weights", "auto"))
         else:
-            model_file(None, kwargs.get("weights", "file"))
+            model_file(None, kwargs.get("weights", "auto"))
             llm, path = model, Path(model.model_path)
             kwargs.setdefault("pooling", None)
         kwargs.setdefault("model_name", path.name)
         super().__init__(model_path=str(path), **kwargs)  # type: ignore[call-arg]
-        self._llm = llm
+        self._llm, self._source = llm, source
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of none, mean, cls, last; got {self.pooling!r}")
         if self.pooling == "rank" or (
@@ -126,7 +127,7 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
         from ..store.collections import EmbeddingIdentity
 
         return EmbeddingIdentity(
-            model=file_identity(Path(self.model_path)),
+            model=file_identity(self.identity_file()),
             dimension=self.dimension,
             pooling=self.resolved_pooling,
             query_prefix=self.query_prefix,

@@ -63,9 +63,9 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
         if isinstance(model, (str, os.PathLike)):
             path = resolve_model_path(model)
             _refuse_non_cross_encoder(path)
-            path = model_file(path, kwargs.get("weights", "file"))
+            path = model_file(path, kwargs.get("weights", "auto"))
         else:
-            model_file(None, kwargs.get("weights", "file"))
+            model_file(None, kwargs.get("weights", "auto"))
             llm, path = model, Path(model.model_path)
         super().__init__(model_path=str(path), **kwargs)  # type: ignore[call-arg]
         self._llm = llm
