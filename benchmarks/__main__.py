@@ -14,6 +14,7 @@ BENCHMARKS = (
     "embed",
     "rerank",
     "kernels",
+    "weights",
     "anchor",
     "int8",
     "store",

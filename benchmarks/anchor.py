@@ -154,7 +154,7 @@ def _rows(
     base: str,
 ) -> list[list[object]]:
     ref = vectors[REFERENCE]
-    base_s = statistics.median(wall[base])
+    base_s, base_c = statistics.median(wall[base]), statistics.median(cpu[base])
     rows: list[list[object]] = []
     for name in wall:
         s = statistics.median(wall[name])
@@ -168,6 +168,7 @@ def _rows(
                 f"{s:.2f}",
                 f"{c:.2f}",
                 f"{base_s / s:.2f}×",
+                f"{base_c / c:.2f}×",
                 f"{cos:.5f}",
             ]
         )
@@ -203,7 +204,8 @@ def run(quick: bool = False) -> str:
                 w.close()
     # The default's row when the package has weights="auto", else today's default (f32 copy).
     base = next((n for n in workers if n.startswith("crab default")), "crab f32 copy of bf16")
-    head = ["engine", "texts/s", "tokens/s", "wall s", "CPU s", "× crab default", "min cos"]
+    head = ["engine", "texts/s", "tokens/s", "wall s", "CPU s", "× default (wall)", "× (CPU)"]
+    head.append("min cos")
     sections = []
     for key, work in (("short", short), ("passages", passages)):
         rows = _rows(work, *results[key], base=base)

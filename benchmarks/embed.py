@@ -149,7 +149,9 @@ def run(quick: bool = False) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         workers = _workers(tmp, work, models, st_python)
         try:
-            ours = {f"ours {k}": LlamaCppEmbedding(str(p)) for k, p in models.items()}
+            ours = {
+                f"ours {k}": LlamaCppEmbedding(str(p), weights="file") for k, p in models.items()
+            }
             for m in ours.values():
                 m.embed(work.texts[:8])
             for w in workers.values():

@@ -85,7 +85,7 @@ def _parity(embed: dict[str, Path], rerank: dict[str, Path]) -> dict[str, tuple[
     ref_r = json.loads((SHARED / "reference" / "rerank.json").read_text())["queries"]
     out: dict[str, tuple[str, str]] = {}
     for name in embed:
-        with LlamaCppEmbedding(embed[name], allow_empty=True) as m:
+        with LlamaCppEmbedding(embed[name], allow_empty=True, weights="file") as m:
             import warnings
 
             with warnings.catch_warnings():
@@ -96,7 +96,7 @@ def _parity(embed: dict[str, Path], rerank: dict[str, Path]) -> dict[str, tuple[
         cos = f"{float(np.min(np.sum(got * want, axis=1))):.5f}"
         delta = "-"
         if name in rerank:
-            r = LlamaCppRerank(rerank[name], scores="raw")
+            r = LlamaCppRerank(rerank[name], scores="raw", weights="file")
             worst = 0.0
             for q in ref_r:
                 scores = r.score(q["query"], [d["document"] for d in q["documents"]])
@@ -117,8 +117,8 @@ def _throughput(
     n_texts, chunk, n_docs, rounds = (24, 12, 16, 1) if quick else (60, 20, 30, 4)
     work = make_workload(str(EMBED["q8_0"]), n_texts)
     docs = make_workload(str(EMBED["q8_0"]), n_docs, lo=20, hi=400, seed=1)
-    ems = {k: LlamaCppEmbedding(str(p)) for k, p in embed.items()}
-    rrs = {k: LlamaCppRerank(p, scores="raw") for k, p in rerank.items()}
+    ems = {k: LlamaCppEmbedding(str(p), weights="file") for k, p in embed.items()}
+    rrs = {k: LlamaCppRerank(p, scores="raw", weights="file") for k, p in rerank.items()}
     for m in ems.values():
         m.embed(work.texts[:4])
     n_chunks = n_texts // chunk
@@ -242,7 +242,7 @@ def _settings(embed: dict[str, Path], quick: bool) -> str:
     n, chunk = (12, 6) if quick else (30, 10)
     work = make_workload(str(EMBED["q8_0"]), n, seed=2)
     models = {
-        (w, c): LlamaCppEmbedding(str(embed[w]), **kw)
+        (w, c): LlamaCppEmbedding(str(embed[w]), weights="file", **kw)
         for w in ("f32", "q8_0")
         for c, kw in configs.items()
     }
@@ -272,14 +272,15 @@ def _settings(embed: dict[str, Path], quick: bool) -> str:
 
 def run(quick: bool = False) -> str:
     """The kernels section of the report (markdown)."""
-    from llama_index_crab.models.cpu import preferred_weights
+    from llama_index_crab.models.weights import choose
 
     embed, rerank = _models()
     parity = _parity(embed, rerank)
     rows, e_speed, r_speed, desc, core_gemm = _throughput(embed, rerank, quick)
     for row in rows:
         row += list(parity[str(row[0])])
-    weights, why = preferred_weights()
+    found = choose(EMBED["bf16"])
+    weights, why = found.kind, f"weights='auto' timed {found.describe()}"
     head = [
         "weights",
         "embed tokens/s",

@@ -135,8 +135,8 @@ def _bench(
 ) -> list[Any]:
     from llama_index_crab import LlamaCppRerank
 
-    ours = LlamaCppRerank(path, scores="raw")
-    ours_tt0 = LlamaCppRerank(path, scores="raw", token_types=False)
+    ours = LlamaCppRerank(path, scores="raw", weights="file")
+    ours_tt0 = LlamaCppRerank(path, scores="raw", token_types=False, weights="file")
     loop = _PairLoop(path)
     size = len(docs) // n_chunks
     parts = [docs[i * size : (i + 1) * size] for i in range(n_chunks)]
