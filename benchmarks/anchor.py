@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._quantize import CACHE, cached
+from benchmarks.tools.quantize import CACHE, cached
 from benchmarks._report import table
 from benchmarks._timing import interleave
 from benchmarks._workers import ROOT, Worker, write_texts

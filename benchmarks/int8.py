@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._opprofile import GROUPS, profile_decode
-from benchmarks._quantize import CACHE, SHARED
+from benchmarks.tools.quantize import CACHE, SHARED
 from benchmarks._report import table
 from benchmarks._workers import ROOT
 from benchmarks._workload import make_workload

@@ -15,9 +15,9 @@ from llama_index_crab.models.gguf import file_sha256 as sha256
 
 __all__ = ["SHARED", "cached", "sha256", "to_bf16"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "models"
-CACHE = Path(__file__).resolve().parent / ".cache"
+CACHE = ROOT / "benchmarks" / ".cache"
 
 
 def to_bf16(src: Path, dst: Path, nthread: int = 2) -> Path:
