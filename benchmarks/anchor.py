@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.tools.quantize import CACHE, cached
 from benchmarks._report import table
 from benchmarks._timing import interleave
 from benchmarks._workers import ROOT, Worker, write_texts
 from benchmarks._workload import CORPUS, Workload, count_tokens, make_workload
+from benchmarks.tools.quantize import CACHE, cached
 
 __all__ = ["run"]
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._opprofile import GROUPS, profile_decode
-from benchmarks.tools.quantize import CACHE, SHARED
 from benchmarks._report import table
 from benchmarks._workers import ROOT
 from benchmarks._workload import make_workload
+from benchmarks.tools.quantize import CACHE, SHARED
 
 __all__ = ["run"]
 
