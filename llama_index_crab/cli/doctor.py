@@ -129,7 +129,10 @@ def doctor(
         from ..models.gguf import resolve_model_path
         from ..models.weights import choose
 
-        lines = [f"weights='auto' times each model once on {cpu_model()}, {llama_build()}:"]
+        lines = [
+            f"weights='auto' times each model once on {cpu_model()}, {llama_build()} "
+            "(one decode, one thread, CPU time; --remeasure times again):"
+        ]
         roles = {"embedder": embed_model or default_embed_model()}
         roles["reranker"] = rerank_model or default_rerank_model() or ""
         for role, spec in roles.items():

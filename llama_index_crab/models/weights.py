@@ -193,11 +193,12 @@ class Choice:
     measured_now: bool = False
 
     def describe(self) -> str:
+        """``loads KIND (kind ms, ...)``: the choice and the CPU time of one decode each."""
         timed = ", ".join(
             f"{k} {s * 1e3:.1f} ms" for k, s in sorted(self.seconds.items(), key=lambda kv: kv[1])
         )
         skipped = "".join(f"; {k} not timed: {why}" for k, why in self.skipped.items())
-        return f"{self.kind} ({timed or 'one candidate'}{skipped})"
+        return f"loads {self.kind} ({timed or 'the only candidate'}{skipped})"
 
 
 def choice_key(path: Path) -> str:
