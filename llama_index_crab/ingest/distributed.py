@@ -105,6 +105,8 @@ def ingest_distributed(
             ) from exc
     try:
         spec = tuple((name, getattr(embed_model, name)) for name in SPEC_FIELDS)
+        # The actors load the very file the driver's model loads (its weights already chosen).
+        spec += (("weights", "file"),)
         run = _Run(ray, spec, store, cpus_per_worker, writers, max_retries, workers)
         run.chunking, run.batcher = tuple(sorted(chunking.items())), Batcher(batch_chunks)
         run.ingest(found, known, report, files_per_task, progress)
