@@ -303,3 +303,14 @@ def test_node_tables_skip_toast_compression(engine: sa.Engine) -> None:
         "crab_nodes": ["toast_tuple_target=8160"],
         "crab_staging": ["toast_tuple_target=8160"],
     }
+
+
+def test_pgvector_check_names_the_fix(empty_database: str, database_url: str) -> None:
+    fresh = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
+    with fresh.connect() as c, pytest.raises(PgvectorMissingError, match="run `crab migrate`"):
+        migrate.check_pgvector(c)
+    fresh.dispose()
+    migrated = sa.create_engine(to_url(database_url), poolclass=sa.NullPool)
+    with migrated.connect() as c:
+        assert migrate.check_pgvector(c).startswith("0.")
+    migrated.dispose()

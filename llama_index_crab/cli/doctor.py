@@ -95,34 +95,12 @@ def doctor(
 
     def pgvector() -> str:
         with engine().connect() as c:
-            installed = c.execute(
-                sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-            ).scalar()
-            available = c.execute(
-                sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
-            ).scalar()
-        if available is None:
-            raise RuntimeError(
-                "pgvector is not installed on the server; "
-                "use the pgvector/pgvector image or install it"
-            )
-        if installed is None:
-            raise RuntimeError(
-                f"pgvector {available} is available but not created; run: crab migrate"
-            )
-        if tuple(int(x) for x in str(installed).split(".")[:2]) < (0, 8):
-            raise RuntimeError(
-                f"pgvector {installed} is too old (need ≥ 0.8 for iterative scans); "
-                "run ALTER EXTENSION vector UPDATE"
-            )
-        return f"pgvector {installed}"
+            return f"pgvector {migrate.check_pgvector(c)}"
 
     def revision() -> str:
         with engine().connect() as c:
-            at, head = migrate.current(c), migrate.head()
-        if at != head:
-            raise RuntimeError(f"database at {at!r}, package needs {head!r}; run: crab migrate")
-        return f"at {head}"
+            migrate.check(c)
+        return f"at {migrate.head()}"
 
     def weights() -> str:
         from ..models.cpu import cpu_model, llama_build

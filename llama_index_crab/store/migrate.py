@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import CrabError, SchemaError
+from ..errors import CrabError, PgvectorMissingError, SchemaError
 from .db import mask_url, transaction
 from .schema import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX, VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["check", "current", "downgrade", "head", "include_object", "upgrade"]
+__all__ = ["check", "check_pgvector", "current", "downgrade", "head", "include_object", "upgrade"]
 
 
 def migrations_dir() -> Path:
@@ -127,6 +127,37 @@ def check(connection: sa.Connection) -> None:
             f"version of llama_index_crab needs {newest!r}; "
             "run `crab migrate`"
         )
+
+
+PGVECTOR_MINIMUM = (0, 8)  # iterative index scans
+
+
+def check_pgvector(connection: sa.Connection) -> str:
+    """The pgvector version created in the database; :class:`PgvectorMissingError` naming the
+    fix when it is not installed on the server, not created, or older than 0.8."""
+    installed = connection.scalar(
+        sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+    )
+    if installed is None:
+        available = connection.scalar(
+            sa.text("SELECT default_version FROM pg_available_extensions WHERE name = 'vector'")
+        )
+        if available is None:
+            raise PgvectorMissingError(
+                "the pgvector extension is not installed on this PostgreSQL server; install "
+                "pgvector >= 0.8 or use the pgvector/pgvector Docker image, then run "
+                "`crab migrate`"
+            )
+        raise PgvectorMissingError(
+            f"pgvector {available} is available but not created in this database; "
+            "run `crab migrate`"
+        )
+    if tuple(int(x) for x in str(installed).split(".")[:2]) < PGVECTOR_MINIMUM:
+        raise PgvectorMissingError(
+            f"pgvector {installed} is too old, 0.8 or newer is needed; upgrade pgvector on the "
+            "server and run ALTER EXTENSION vector UPDATE"
+        )
+    return str(installed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
