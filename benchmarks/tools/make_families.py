@@ -116,6 +116,81 @@ def bert_cls(folder: Path, minilm: Path) -> tuple[Any, Any]:
     return model, tok
 
 
+def nomic_bert(folder: Path, minilm: Path) -> tuple[Any, Any]:
+    """nomic-embed-text-v1.5's shape: nomic-bert (rotary positions, SwiGLU, no biases),
+    bert-base-uncased WordPiece, mean pooling. transformers' own NomicBertModel computes the
+    reference; the checkpoint is written in the layout of nomic's Hub code (one Wqkv, fc11/fc12,
+    norm1/norm2), which is what llama.cpp's converter reads."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertTokenizerFast, NomicBertConfig, NomicBertModel
+
+    tok = BertTokenizerFast.from_pretrained(minilm, model_max_length=2048)
+    config = NomicBertConfig(
+        vocab_size=30528,
+        hidden_size=WIDTH,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=FFN,
+        max_position_embeddings=2048,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+    )
+    model = NomicBertModel(config).eval()
+    randomise(model, model.embeddings.word_embeddings.weight)
+    names = {
+        "embeddings.LayerNorm": "emb_ln",
+        "self_attn.o_proj": "attn.out_proj",
+        "mlp.up_proj": "mlp.fc11",
+        "mlp.gate_proj": "mlp.fc12",
+        "mlp.down_proj": "mlp.fc2",
+        "post_attention_layernorm": "norm1",
+        "post_mlp_layernorm": "norm2",
+    }
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".self_attn.k_proj" in key or ".self_attn.v_proj" in key:
+            continue
+        if ".self_attn.q_proj" in key:
+            parts = [
+                model.state_dict()[key.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")
+            ]
+            key, value = key.replace("self_attn.q_proj", "attn.Wqkv"), torch.cat(parts)
+        for new, old in names.items():
+            key = key.replace(new, old)
+        state[key.replace("layers.", "encoder.layers.", 1)] = value.contiguous()
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    hub = {
+        "architectures": ["NomicBertModel"],
+        "model_type": "nomic_bert",
+        "vocab_size": 30528,
+        "n_embd": WIDTH,
+        "n_layer": LAYERS,
+        "n_head": HEADS,
+        "n_inner": FFN,
+        "n_positions": 8192,
+        "max_trained_positions": 2048,
+        "activation_function": "swiglu",
+        "causal": False,
+        "qkv_proj_bias": False,
+        "mlp_fc1_bias": False,
+        "mlp_fc2_bias": False,
+        "prenorm": False,
+        "rotary_emb_fraction": 1.0,
+        "rotary_emb_interleaved": False,
+        "rotary_emb_scale_base": None,
+        "rotary_emb_base": 1000,
+        "layer_norm_epsilon": 1e-12,
+        "type_vocab_size": 2,
+        "pad_token_id": 0,
+    }
+    hub |= config.to_dict()  # the converter may read the config through transformers' class
+    hub |= {"architectures": ["NomicBertModel"], "n_positions": 8192}
+    (folder / "config.json").write_text(json.dumps(hub))
+    tok.save_pretrained(folder)
+    pooling_module(folder, "mean_tokens")
+    return model, tok
+
+
 def sentencepiece_tokenizer(folder: Path) -> Any:
     """An XLM-R-style tokenizer: a SentencePiece unigram model trained here (nmt_nfkc
     normalisation, as XLM-R's) on the texts plus a little more, in XLM-R's fairseq layout."""
@@ -350,6 +425,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "pooling": "cls",
         "query_prefix": BGE_QUERY,
         "text_prefix": "",
+    },
+    "nomic-embed-text-v1.5-tiny-random": {
+        "build": lambda d, a: nomic_bert(d, a.minilm),
+        "kind": "embedder",
+        "pooling": "mean",
+        "query_prefix": "search_query: ",
+        "text_prefix": "search_document: ",
     },
     "multilingual-e5-tiny-random": {
         "build": lambda d, a: xlmr(d, reranker=False),
