@@ -65,14 +65,18 @@ def doctor(
         state["embed_path"] = source = embed_model or default_embed_model()
         model = LlamaCppEmbedding(source)
         state["identity"] = model.identity()
-        return f"{model.model_name}, pooling {model.resolved_pooling}, {model.dimension}-dim"
+        p = model.prompts
+        prompts = f"{p.family} prompts: query {p.query!r}, document {p.text!r}"
+        prompts = prompts if p.query or p.text else "no prompts"
+        shape = f"pooling {model.resolved_pooling}, {model.dimension}-dim"
+        return f"{model.model_name}, {shape}, {prompts}"
 
     def reranker() -> str:
         chosen = rerank_model or default_rerank_model()
         if not chosen:
             return "none configured: results are not reranked (--rerank-model to add one)"
         model = LlamaCppRerank(chosen)
-        return f"{os.path.basename(model.model_path)}, rank pooling with a classifier head"
+        return f"{os.path.basename(model.model_path)}, rank pooling, {model.pair_format}"
 
     def chat() -> str:
         return os.path.basename(chat_model or str(default_chat_model()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import warnings
@@ -14,7 +15,15 @@ from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from pydantic import Field, PrivateAttr
 
 from ..errors import PoolingError, TruncationWarning
-from .gguf import POOLINGS, file_identity, gguf_pooling, read_metadata, resolve_model_path
+from .gguf import (
+    POOLINGS,
+    file_identity,
+    gguf_pooling,
+    is_cross_encoder,
+    read_metadata,
+    resolve_model_path,
+)
+from .prompts import Prompts, prompts_for
 from .runtime import GpuOptions, LlamaRunner, load_once, runner_for
 from .weights import WeightsOption, model_file
 
@@ -23,12 +32,18 @@ if TYPE_CHECKING:
 
 __all__ = ["LlamaCppEmbedding"]
 
+_log = logging.getLogger("llama_index_crab")
+
 
 class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
     """Embeddings from a GGUF model through llama.cpp, L2-normalised by default.
 
     ``model`` is a path to a .gguf file, a Hugging Face spec (``owner/repo:file.gguf``), or a
-    ``llama_cpp.Llama`` created with ``embedding=True``. The model loads on first use.
+    ``llama_cpp.Llama`` created with ``embedding=True``; none gives the project's default
+    embedder (``CRAB_EMBED_MODEL``, else the bundled all-MiniLM-L6-v2). The model loads on
+    first use. Queries and documents get the prompts the model's family was trained with
+    (``query: ``/``passage: `` for E5, BGE's query instruction, ...), read from the GGUF's
+    name; ``query_prefix``/``text_prefix`` replace them, ``""`` turns them off.
     Empty or whitespace-only texts raise ``ValueError`` unless ``allow_empty=True``, which
     embeds them as the bare start/end tokens, as sentence-transformers does.
     ``n_gpu_layers`` (-1: all), ``main_gpu``, ``split_mode`` and ``tensor_split`` offload the
@@ -41,8 +56,12 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
     )
     normalize: bool = Field(default=True, description="L2-normalise, so dot product == cosine.")
     add_start_token: bool = Field(default=True, description="Prepend the model's BOS/[CLS] token.")
-    query_prefix: str = Field(default="", description="Prepended to queries, e.g. 'query: '.")
-    text_prefix: str = Field(default="", description="Prepended to documents, e.g. 'passage: '.")
+    query_prefix: str | None = Field(
+        default=None, description="Prepended to queries; None: the family's (from the GGUF)."
+    )
+    text_prefix: str | None = Field(
+        default=None, description="Prepended to documents; None: the family's (from the GGUF)."
+    )
     truncate: bool = Field(default=True, description="Cut over-long texts (with a warning).")
     allow_empty: bool = Field(default=False, description="Embed empty texts instead of raising.")
     max_length: int | None = Field(default=None, description="Token limit; the model's context.")
@@ -60,9 +79,14 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
     _token_runner: LlamaRunner | None = PrivateAttr(default=None)
     _llm: Any = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _prompts: Prompts = PrivateAttr(default=Prompts("none"))
 
-    def __init__(self, model: str | os.PathLike[str] | Any, **kwargs: Any) -> None:
+    def __init__(self, model: str | os.PathLike[str] | Any = None, **kwargs: Any) -> None:
         llm = source = None
+        if model is None:
+            from ..pipeline import default_embed_model
+
+            model = default_embed_model()
         if isinstance(model, (str, os.PathLike)):
             source = resolve_model_path(model)
             path = model_file(source, kwargs.get("weights", "auto"))
@@ -76,12 +100,34 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of none, mean, cls, last; got {self.pooling!r}")
         if self.pooling == "rank" or (
-            self.pooling is None and llm is None and gguf_pooling(path) == "rank"
+            self.pooling is None and llm is None and is_cross_encoder(path)
         ):
             raise PoolingError(
                 f"{path.name!r} is a cross-encoder (rank pooling): it scores (query, document) "
                 "pairs and gives no text embeddings; load it with LlamaCppRerank instead"
             )
+        self._prompts = self._choose_prompts(path)
+        self.query_prefix, self.text_prefix = self._prompts.query, self._prompts.text
+
+    def _choose_prompts(self, path: Path) -> Prompts:
+        meta = read_metadata(path) if path.exists() else {}
+        family = prompts_for(
+            *(str(meta.get(k, "")) for k in ("general.name", "general.basename")),
+            str(meta.get("general.architecture", "")),
+            path.stem,
+        )
+        if self.query_prefix is None and self.text_prefix is None:
+            return family
+        return Prompts(
+            family.family if self.query_prefix is None or self.text_prefix is None else "custom",
+            family.query if self.query_prefix is None else self.query_prefix,
+            family.text if self.text_prefix is None else self.text_prefix,
+        )
+
+    @property
+    def prompts(self) -> Prompts:
+        """The query and document prompts in use, and the family they were chosen for."""
+        return self._prompts
 
     @classmethod
     def class_name(cls) -> str:
@@ -101,6 +147,15 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
             raise PoolingError(
                 "this llama_cpp.Llama uses rank pooling (a cross-encoder); "
                 "use LlamaCppRerank for it"
+            )
+        p = self._prompts
+        if p.query or p.text:
+            _log.info(
+                "%s: %s prompts, query %r, document %r (query_prefix/text_prefix change them)",
+                Path(self.model_path).name,
+                p.family,
+                p.query,
+                p.text,
             )
         return runner
 
@@ -130,8 +185,8 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
             model=file_identity(self.identity_file()),
             dimension=self.dimension,
             pooling=self.resolved_pooling,
-            query_prefix=self.query_prefix,
-            text_prefix=self.text_prefix,
+            query_prefix=self._prompts.query,
+            text_prefix=self._prompts.text,
         )
 
     def close(self) -> None:
@@ -149,7 +204,7 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
 
     # -- embedding ----------------------------------------------------------------------
 
-    def embed(self, texts: list[str], *, prefix: str = "") -> np.ndarray:
+    def embed(self, texts: list[str], *, prefix: str | None = "") -> np.ndarray:
         """Embed ``texts`` (in as few llama.cpp decodes as possible) into an (n, dim) array."""
         runner = self.runner
         if runner.pooling == "none":
@@ -191,12 +246,29 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
 
     def _text_room(self, runner: LlamaRunner) -> int:
         head = runner.info.head if self.add_start_token else ()
-        return runner.max_length - len(head) - len(runner.info.tail)
+        return runner.max_length - len(head) - len(self._tail(runner))
 
-    def _encode(self, runner: LlamaRunner, texts: list[str], prefix: str) -> list[list[int]]:
+    def _tail(self, runner: LlamaRunner) -> list[int]:
         info = runner.info
+        if runner.pooling == "last" and not info.tail and info.eos >= 0:
+            # Last-token models (Qwen3-Embedding, gte-Qwen2, e5-mistral) were trained with
+            # the end token appended, which GGUFs made before llama.cpp read the
+            # tokenizer's post-processor do not ask for.
+            return [info.eos]
+        return list(info.tail)
+
+    def tokenize(self, text: str, *, query: bool = False) -> list[int]:
+        """The token ids the model sees for ``text`` (as a query: with the query prompt),
+        start and end tokens included."""
+        prefix = (self.query_prefix if query else self.text_prefix) or ""
+        return self._encode(self.runner, [text], prefix)[0]
+
+    def _encode(self, runner: LlamaRunner, texts: list[str], prefix: str | None) -> list[list[int]]:
+        info = runner.info
+        prefix = prefix or ""
         head = list(info.head) if self.add_start_token else []
         tail = list(info.tail)
+        tail = self._tail(runner)
         room = self._text_room(runner)
         seqs: list[list[int]] = []
         cut: list[int] = []
@@ -208,7 +280,7 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
                     f"text {i} is empty or whitespace-only ({text!r}); remove it, "
                     "or pass allow_empty=True to embed it as the bare start/end tokens"
                 )
-            body = runner.tokenize(prefix + text) if text.strip() else []
+            body = runner.tokenize(prefix + text) if (prefix + text).strip() else []
             if len(body) > room:
                 cut.append(i)
                 body = body[:room]

@@ -18,6 +18,7 @@ __all__ = [
     "file_identity",
     "file_sha256",
     "gguf_pooling",
+    "is_cross_encoder",
     "pooling_name",
     "pooling_number",
     "read_embedding_tables",
@@ -133,26 +134,78 @@ def tensor_names(path: Path) -> frozenset[str]:
     return _summary(path)[1]
 
 
+# GGUF value types: struct format of the scalars; 8 is a string, 9 an array.
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+
+
 @lru_cache(maxsize=16)
 def _summary(path: Path) -> tuple[dict[str, object], frozenset[str]]:
-    from gguf import GGUFReader, GGUFValueType
+    """Scalar and string metadata plus tensor names, read straight from the header: arrays
+    (a tokenizer's 150k tokens and merges) are skipped, not parsed, so this stays fast."""
+    import mmap
+    import struct
+
+    def string(at: int) -> tuple[str, int]:
+        (n,) = struct.unpack_from("<Q", buf, at)
+        return bytes(buf[at + 8 : at + 8 + n]).decode("utf-8", "replace"), at + 8 + n
+
+    def skip(kind: int, at: int) -> int:
+        if kind == 8:
+            return at + 8 + int(struct.unpack_from("<Q", buf, at)[0])
+        if kind == 9:
+            inner, count = struct.unpack_from("<IQ", buf, at)
+            at += 12
+            if inner in _SCALARS:
+                return at + int(count) * struct.calcsize(_SCALARS[inner])
+            for _ in range(count):
+                at = skip(inner, at)
+            return at
+        return at + struct.calcsize(_SCALARS[kind])
 
     try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError, IndexError) as exc:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            buf = memoryview(mm)
+            try:
+                if bytes(buf[:4]) != _MAGIC:
+                    raise ValueError("not a GGUF file")
+                _, n_tensors, n_kv = struct.unpack_from("<IQQ", buf, 4)
+                at, meta = 24, dict[str, object]()
+                for _ in range(n_kv):
+                    key, at = string(at)
+                    (kind,) = struct.unpack_from("<I", buf, at)
+                    at += 4
+                    if kind == 8:
+                        meta[key], at = string(at)
+                    elif kind in _SCALARS:
+                        meta[key] = struct.unpack_from(_SCALARS[kind], buf, at)[0]
+                        at += struct.calcsize(_SCALARS[kind])
+                    else:
+                        at = skip(kind, at)
+                names = []
+                for _ in range(n_tensors):
+                    name, at = string(at)
+                    (n_dims,) = struct.unpack_from("<I", buf, at)
+                    at += 4 + 8 * n_dims + 4 + 8
+                    names.append(name)
+            finally:
+                buf.release()
+    except (ValueError, OSError, KeyError, struct.error) as exc:
         raise ModelError(
             f"{str(path)!r} is a damaged GGUF file ({exc}); download or convert it again"
         ) from exc
-    meta: dict[str, object] = {}
-    for key, field in reader.fields.items():
-        if not field.types or field.types[0] == GGUFValueType.ARRAY:
-            continue
-        value = field.parts[field.data[0]]
-        if field.types[0] == GGUFValueType.STRING:
-            meta[key] = bytes(value).decode("utf-8", "replace")
-        else:
-            meta[key] = value.tolist()[0]
-    return meta, frozenset(t.name for t in reader.tensors)
+    return meta, frozenset(names)
 
 
 def pooling_name(value: object) -> str | None:
@@ -174,3 +227,12 @@ def gguf_pooling(path: Path) -> str | None:
     """The pooling a GGUF declares (``{arch}.pooling_type``), or None."""
     meta = read_metadata(path)
     return pooling_name(meta.get(f"{meta.get('general.architecture')}.pooling_type"))
+
+
+def is_cross_encoder(path: Path) -> bool:
+    """Whether the GGUF scores pairs: it declares rank pooling, or declares no pooling and
+    has a classifier head (llama.cpp's converter writes no pooling for BERT and XLM-R
+    sequence classifiers such as bge-reranker)."""
+    pooling = gguf_pooling(path)
+    has_head = any(name.startswith("cls.") for name in tensor_names(path))
+    return pooling == "rank" or (pooling is None and has_head)

@@ -14,7 +14,14 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import Field, PrivateAttr
 
 from ..errors import PoolingError
-from .gguf import gguf_pooling, read_embedding_tables, resolve_model_path, tensor_names
+from .gguf import (
+    gguf_pooling,
+    is_cross_encoder,
+    read_embedding_tables,
+    read_metadata,
+    resolve_model_path,
+    tensor_names,
+)
 from .runtime import GpuOptions, LlamaRunner, load_once, runner_for
 from .weights import WeightsOption, model_file
 
@@ -58,8 +65,16 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
     _llm: Any = PrivateAttr(default=None)
     _load_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def __init__(self, model: str | os.PathLike[str] | Any, **kwargs: Any) -> None:
+    def __init__(self, model: str | os.PathLike[str] | Any = None, **kwargs: Any) -> None:
         llm = None
+        if model is None:
+            model = os.environ.get("CRAB_RERANK_MODEL")
+        if model is None:
+            raise TypeError(
+                "LlamaCppRerank needs a cross-encoder GGUF: pass its path, e.g. "
+                "LlamaCppRerank('bge-reranker-v2-m3-q4_k_m.gguf'), or 'owner/repo:file.gguf', "
+                "or set CRAB_RERANK_MODEL (the project bundles no reranker worth using)"
+            )
         if isinstance(model, (str, os.PathLike)):
             path = resolve_model_path(model)
             _refuse_non_cross_encoder(path)
@@ -123,6 +138,20 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
         scores = self.score(query, documents)
         return sorted(enumerate(scores), key=lambda item: -item[1])
 
+    @property
+    def pair_format(self) -> str:
+        """How (query, document) pairs are fed and scored, read from the GGUF."""
+        meta = read_metadata(Path(self.model_path))
+        if "tokenizer.chat_template.rerank" in meta:
+            return "pairs in the GGUF's rerank template, score P(yes)"
+        if int(str(meta.get("tokenizer.ggml.token_type_count", 1))) >= 2:
+            return "BERT pairs with token types, score sigmoid(logit)"
+        return "pairs without token types (RoBERTa/XLM-R), score sigmoid(logit)"
+
+    def tokenize_pair(self, query: str, document: str) -> list[int]:
+        """The token ids the model sees for one (query, document) pair."""
+        return self._pair(self.runner, query, document)[0]
+
     def _pair(self, runner: LlamaRunner, query: str, doc: str) -> tuple[list[int], int, bool]:
         """One pair's tokens; see :meth:`_pairs`."""
         return self._pairs(runner, query, [doc])[0]
@@ -141,11 +170,15 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
             before, _, after = info.rerank_template.replace("{query}", query).partition(
                 "{document}"
             )
-            pre = runner.tokenize(before, special=True)
+            # The document is tokenized with the text before it, as the model's own recipe
+            # and llama.cpp's server do: a BPE word keeps the space in front of it.
             post = runner.tokenize(after, special=True)
-            room = max(0, limit - len(pre) - len(post))
-            bodies = [runner.tokenize(doc) for doc in docs]
-            return [(pre + b[:room] + post, 0, len(b) > room) for b in bodies]
+            room = max(0, limit - len(post))
+            out = []
+            for doc in docs:
+                ids = runner.tokenize(before + doc, special=True)
+                out.append((ids[:room] + post, 0, len(ids) > room))
+            return out
         eos = info.eos if info.eos >= 0 else info.sep
         head = [info.bos] if info.add_bos else []
         q_end = [eos] if info.add_eos else []
@@ -237,6 +270,8 @@ def _positive_index(runner: LlamaRunner) -> int:
 
 def _refuse_non_cross_encoder(path: Path) -> None:
     pooling = gguf_pooling(path)
+    if is_cross_encoder(path):
+        return
     if pooling != "rank":
         declared = pooling or "no"
         raise PoolingError(

@@ -8,7 +8,6 @@ import logging
 import os
 import queue
 import threading
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,7 +21,15 @@ from pydantic import BaseModel, Field
 from ..errors import EmbeddingModeError, ModelError
 from .batching import plan_batches
 from .cpu import cpu_flags
-from .gguf import POOLINGS, file_identity, pooling_name, pooling_number, resolve_model_path
+from .gguf import (
+    POOLINGS,
+    file_identity,
+    is_cross_encoder,
+    pooling_name,
+    pooling_number,
+    resolve_model_path,
+)
+from .wordpiece import WordPiece
 
 __all__ = [
     "SPLIT_MODES",
@@ -81,6 +88,9 @@ class ModelInfo:
     rerank_template: str | None
     wordpiece: bool
     path: Path | None
+    classifier: bool = False
+    lowercase: bool = True
+    strip_accents: bool = True
 
 
 class GpuOptions(BaseModel):
@@ -211,6 +221,7 @@ class LlamaRunner:
         llama_cpp.llama_backend_init()
         self._own = not isinstance(model, llama_cpp.Llama)
         self._lock = threading.Lock()
+        self._wp: WordPiece | None = None
         self._closed = False
         if self._own:
             path = resolve_model_path(model)
@@ -272,7 +283,16 @@ class LlamaRunner:
         if not self._own:
             return POOLINGS[llama_cpp.llama_pooling_type(model.ctx)]
         if pooling is None:
-            return self.info.gguf_pooling or "mean"
+            if self.info.gguf_pooling is not None:
+                return self.info.gguf_pooling
+            if self.info.classifier:
+                return "rank"  # converted cross-encoders often declare no pooling
+            _log.warning(
+                "%s declares no pooling; using mean pooling (pass pooling='cls', 'mean' or "
+                "'last' if the model was trained with another)",
+                self.info.path.name if self.info.path else self.info.arch,
+            )
+            return "mean"
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         return pooling
@@ -302,11 +322,18 @@ class LlamaRunner:
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Word pieces of ``text`` without the model's start/end tokens."""
-        if self.info.wordpiece:
-            # HF's BertTokenizer splits Hangul syllables into jamo (NFD); llama.cpp's WPM
-            # keeps only the leading consonant unless the text arrives decomposed.
-            text = unicodedata.normalize("NFD", text)
+        if self.info.wordpiece and not special:
+            return self._wordpiece()(text)
         return _tokenize(self._model, text, add_special=False, parse_special=special)
+
+    def _wordpiece(self) -> WordPiece:
+        """BERT's tokenizer over this vocabulary, built on first use (see :mod:`.wordpiece`)."""
+        if self._wp is None:
+            with self._lock:
+                if self._wp is None:
+                    info = self.info
+                    self._wp = WordPiece(self._model, info.lowercase, info.strip_accents)
+        return self._wp
 
     # -- decoding -----------------------------------------------------------------------
 
@@ -490,6 +517,8 @@ def _read_info(model: Any, path: Path | None) -> ModelInfo:
     at = _find(full, probe)
     template = llama_cpp.llama_model_chat_template(model, b"rerank")
     has_file = path is not None and path.exists()
+    lowercase = _meta(model, "tokenizer.ggml.normalizer.lowercase") != "false"
+    strip = _meta(model, "tokenizer.ggml.normalizer.strip_accents")
     return ModelInfo(
         identity=file_identity(path) if has_file and path else arch,
         arch=arch,
@@ -508,6 +537,9 @@ def _read_info(model: Any, path: Path | None) -> ModelInfo:
         rerank_template=template.decode() if template else None,
         wordpiece=llama_cpp.llama_vocab_type(vocab) == llama_cpp.LLAMA_VOCAB_TYPE_WPM,
         path=path,
+        classifier=has_file and path is not None and is_cross_encoder(path),
+        lowercase=lowercase,
+        strip_accents=lowercase if strip is None else strip != "false",
     )
 
 
