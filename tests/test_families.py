@@ -31,9 +31,12 @@ EMBEDDERS = [
 ]
 RERANKERS = ["bge-reranker-v2-m3-tiny-random", "qwen3-reranker-tiny-random"]
 # (type, min cosine, max |score difference|): the committed files hold the weights exactly
-# (f16, token table q4_0); the others are made here with llama.cpp's quantize API.
-TYPES = [("f16", 0.9999, 1e-3), ("q8_0", 0.997, 0.01), ("q4_k_m", 0.98, 0.05)]
-MINILM_TYPES = [("q8_0", 0.997), ("q6_k", 0.997), ("q5_k_m", 0.99), ("q4_k_m", 0.98)]
+# (f16, token table q4_0); the others are made here with llama.cpp's quantize API. The
+# 32-wide models cannot hold k-quants (rows must be 256 wide): q4_k_m falls back to
+# q5_0/q5_1/q8_0 per tensor. Measured values are in the README ("Bring your model").
+TYPES = [("f16", 0.9999, 0.002), ("q8_0", 0.997, 0.02), ("q4_k_m", 0.97, 0.08)]
+# The real all-MiniLM-L6-v2 in the k-quant types (the bundled q8_0 has its own parity tests).
+MINILM_TYPES = [("q6_k", 0.995), ("q5_k_m", 0.975), ("q4_k_m", 0.96)]
 
 
 @cache
