@@ -22,6 +22,7 @@ BENCHMARKS = (
     "quality",
     "distributed",
     "sync",
+    "families",
 )
 
 

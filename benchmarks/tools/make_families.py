@@ -11,7 +11,8 @@ tests/data/families/README.md for the set-up). Writes ``tests/data/families/``:
 - ``all-minilm-l6-v2.json``: the same for the real all-MiniLM-L6-v2 (the project's
   bundled embedder), the reference for its quantizations, which the tests make on the fly.
 
-Run: ``python benchmarks/tools/make_families.py --llama-cpp DIR --minilm DIR --smollm2 FILE``.
+Run from the repository root, in a virtualenv with torch:
+``python -m benchmarks.tools.make_families --llama-cpp DIR --minilm DIR --smollm2 FILE``.
 """
 
 from __future__ import annotations

@@ -267,7 +267,6 @@ class LlamaCppEmbedding(BaseEmbedding, GpuOptions, WeightsOption):
         info = runner.info
         prefix = prefix or ""
         head = list(info.head) if self.add_start_token else []
-        tail = list(info.tail)
         tail = self._tail(runner)
         room = self._text_room(runner)
         seqs: list[list[int]] = []
