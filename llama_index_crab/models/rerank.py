@@ -103,8 +103,11 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
                 "rank pooling (Llama(..., embedding=True, pooling_type=LLAMA_POOLING_TYPE_RANK)), "
                 "otherwise its scores are garbage"
             )
-        if self.token_types is not False and runner.info.rerank_template is None:
-            self._tables = read_embedding_tables(Path(self.model_path))
+        path = Path(self.model_path)
+        # Reading the tables parses the whole GGUF: only for models with two token types.
+        types = read_metadata(path).get("tokenizer.ggml.token_type_count", 2)
+        if self.token_types is not False and runner.info.rerank_template is None and types != 1:
+            self._tables = read_embedding_tables(path)
         return runner
 
     def close(self) -> None:
