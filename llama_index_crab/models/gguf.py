@@ -230,9 +230,8 @@ def gguf_pooling(path: Path) -> str | None:
 
 
 def is_cross_encoder(path: Path) -> bool:
-    """Whether the GGUF scores pairs: it declares rank pooling, or declares no pooling and
-    has a classifier head (llama.cpp's converter writes no pooling for BERT and XLM-R
-    sequence classifiers such as bge-reranker)."""
-    pooling = gguf_pooling(path)
+    """Whether the GGUF scores pairs: it has a classifier head and declares rank pooling or
+    none (llama.cpp's converter writes no pooling for BERT and XLM-R sequence classifiers
+    such as bge-reranker)."""
     has_head = any(name.startswith("cls.") for name in tensor_names(path))
-    return pooling == "rank" or (pooling is None and has_head)
+    return has_head and gguf_pooling(path) in ("rank", None)
