@@ -331,6 +331,8 @@ class Pipeline:
             k = top_k if top_k is not None else n
         if k < 1 or n < 1:
             raise ValueError(f"top_k and top_n must be ≥ 1, got {k}, {n}")
+        if not text.strip():
+            raise ValueError("the search text is empty; give a question or some keywords")
         if not self.store.has_terms(text):
             return SearchResult([], {}, mode, False, nothing_to_search=True)
         timings: dict[str, float] = {}
