@@ -52,7 +52,9 @@ def quantize(src: Path, kind: str, folder: Path) -> Path:
 def ours_embedder(path: Path, ref: dict[str, Any], max_length: int | None) -> tuple[float, int]:
     from llama_index_crab import LlamaCppEmbedding
 
-    with LlamaCppEmbedding(path, allow_empty=True, n_contexts=1, max_length=max_length) as emb:
+    with LlamaCppEmbedding(
+        path, allow_empty=True, n_contexts=1, max_length=max_length, weights="file"
+    ) as emb:
         rows = ref["texts"] + ref.get("queries", [])
         same = sum(emb.tokenize(r["text"]) == r["ids"] for r in ref["texts"])
         same += sum(emb.tokenize(r["text"], query=True) == r["ids"] for r in ref.get("queries", []))
@@ -88,7 +90,7 @@ def alone_embedder(path: Path, ref: dict[str, Any], n_ctx: int) -> tuple[float, 
 def ours_reranker(path: Path, ref: dict[str, Any]) -> tuple[float, int]:
     from llama_index_crab import LlamaCppRerank
 
-    rerank = LlamaCppRerank(path, n_contexts=1)
+    rerank = LlamaCppRerank(path, n_contexts=1, weights="file")
     same = sum(rerank.tokenize_pair(p["query"], p["document"]) == p["ids"] for p in ref["pairs"])
     got = [rerank.score(p["query"], [p["document"]])[0] for p in ref["pairs"]]
     rerank.close()

@@ -69,7 +69,8 @@ def quantize(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _embedder(path: Path, **kwargs: Any) -> LlamaCppEmbedding:
-    return LlamaCppEmbedding(path, allow_empty=True, n_contexts=1, **kwargs)
+    # weights="file": each row measures the type it names, not a copy "auto" may choose
+    return LlamaCppEmbedding(path, allow_empty=True, n_contexts=1, weights="file", **kwargs)
 
 
 def _cosines(got: np.ndarray, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -126,7 +127,7 @@ def test_reranker_matches_pytorch(
     name: str, kind: str, _: float, bar: float, quantize: Any
 ) -> None:
     ref = reference(name)
-    rerank = LlamaCppRerank(quantize(DATA / ref["gguf"], kind), n_contexts=1)
+    rerank = LlamaCppRerank(quantize(DATA / ref["gguf"], kind), n_contexts=1, weights="file")
     by_query: dict[str, list[dict[str, Any]]] = {}
     for p in ref["pairs"]:
         by_query.setdefault(p["query"], []).append(p)
