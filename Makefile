@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	# which may hold a build with AMX.
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" \
 		$(VENV)/bin/pip install --quiet --no-cache-dir "$$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)"
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(VENV)/bin/pip install --quiet -e '.[dev,chat,readers,ray,hf]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(VENV)/bin/pip install --quiet -e '.[dev,chat,readers,ray,hf,serve]'
 	touch $(STAMP)
 
 demo: $(STAMP)

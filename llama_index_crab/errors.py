@@ -23,6 +23,30 @@ is skipped with a :class:`ReplicaWarning`.
 
 from __future__ import annotations
 
+# Errors whose message is meant for the user as it is (bad values, missing files).
+_EXPECTED = (FileNotFoundError, ValueError, TypeError, PermissionError)
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` as one line for a person, secrets of database URLs masked: our errors and bad
+    arguments say what to do; a database error gives the server's first line without SQL;
+    anything else says it was unexpected."""
+    from .store.db import mask_secrets
+
+    if type(exc).__module__.startswith("sqlalchemy"):
+        import sqlalchemy as sa
+
+        if isinstance(exc, sa.exc.DBAPIError):  # its message goes on with SQL and parameters
+            lines = str(exc.orig).strip().splitlines()
+            first = lines[0] if lines else type(exc.orig).__name__
+            return mask_secrets(f"the database refused: {first}")
+    message = " ".join(str(exc).split())
+    if len(message) > 500:
+        message = message[:500] + "..."
+    if not isinstance(exc, (CrabError, *_EXPECTED)):
+        message = f"unexpected {type(exc).__name__}: {message}; run with --debug for the traceback"
+    return mask_secrets(message)
+
 
 class CrabError(Exception):
     """Base class of every error raised on purpose by llama_index_crab."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Pipeline",
     "SearchResult",
+    "ask_json",
     "build_pipeline",
+    "query_json",
     "require_rerank_model",
     "resolve_database_url",
     "source_name",
@@ -313,13 +315,18 @@ class Pipeline:
         filters: MetadataFilters | None = None,
         rerank: bool = True,
         mode: str | None = None,
+        vector: Sequence[float] | None = None,
+        score: Callable[[str, list[str]], list[float]] | None = None,
     ) -> SearchResult:
         """Retrieve by ``mode`` (dense, text or hybrid), then rerank to ``top_n``; a text of
         only stop words or punctuation finds nothing (``nothing_to_search``).
 
         With a reranker, ``top_k`` candidates (default ``similarity_top_k``) are reranked
         and the best ``top_n`` kept. Without one (or ``rerank=False``) nothing is cut after
-        retrieval: ``top_n`` results, or ``top_k`` when only that is given.
+        retrieval: ``top_n`` results, or ``top_k`` when only that is given. ``vector``: the
+        question's embedding, computed already; ``score``: what scores (question,
+        candidates) instead of the reranker's own ``score`` (a server batching requests
+        passes both).
         """
         mode = check_mode(mode or self.mode)
         reranking = rerank and self.reranker is not None
@@ -336,14 +343,15 @@ class Pipeline:
         if not self.store.has_terms(text):
             return SearchResult([], {}, mode, False, nothing_to_search=True)
         timings: dict[str, float] = {}
-        vector = None
-        if mode != "text":
+        if mode == "text":
+            vector = None
+        elif vector is None:
             start = time.perf_counter()
             vector = self.embed_model.get_query_embedding(text)
             timings["embed"] = time.perf_counter() - start
         start = time.perf_counter()
         query = VectorStoreQuery(
-            query_embedding=vector,
+            query_embedding=list(vector) if vector is not None else None,
             query_str=text,
             similarity_top_k=max(k, HYBRID_DEPTH) if mode == "hybrid" else k,
             filters=filters,
@@ -359,7 +367,7 @@ class Pipeline:
         ]
         if reranking and self.reranker is not None and hits:
             start = time.perf_counter()
-            hits = self.reranker.rerank_nodes(text, hits, top_n=n)
+            hits = self.reranker.rerank_nodes(text, hits, top_n=n, score=score)
             timings["rerank"] = time.perf_counter() - start
         return SearchResult(hits[:n], timings, mode, reranking)
 
@@ -409,6 +417,47 @@ def _drop_if_empty(store: PostgresVectorStore) -> None:
             drop_collection(store.client, store.collection_name)
     except Exception:  # the error that got us here matters more
         pass
+
+
+def query_json(
+    text: str, result: SearchResult, pipe: Pipeline, timings: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """What ``crab query --json`` prints (and ``crab serve``'s ``/query`` answers): the
+    stages, the ranked passages and the milliseconds per stage (``timings``, else the
+    result's own)."""
+    stages = result.stages
+    if not result.reranked and pipe.reranker is None:
+        stages += " (no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
+    rows = [
+        {
+            "rank": i,
+            "score": round(float(h.score or 0.0), 4),
+            "retrieval_score": h.node.metadata.get("retrieval_score"),
+            "source": source_name(h),
+            "node_id": h.node.node_id,
+            "text": h.node.get_content(),
+        }
+        for i, h in enumerate(result.hits, 1)
+    ]
+    spent = {k: round(v * 1000, 1) for k, v in (timings or result.timings).items()}
+    out = {"query": text, "stages": stages, "results": rows, "timings_ms": spent}
+    if result.nothing_to_search:
+        out["note"] = NOTHING_TO_SEARCH
+    return out
+
+
+def ask_json(question: str, found: SearchResult, answer: str) -> dict[str, Any]:
+    """What ``crab ask --json`` prints (and ``crab serve``'s ``/ask`` answers)."""
+    rows = [
+        {
+            "n": i,
+            "source": source_name(hit),
+            "score": round(float(hit.score or 0.0), 4),
+            "text": " ".join(hit.node.get_content().split()),
+        }
+        for i, hit in enumerate(found.hits, 1)
+    ]
+    return {"question": question, "answer": answer, "sources": rows, "stages": found.stages}
 
 
 def source_name(hit: NodeWithScore) -> str:

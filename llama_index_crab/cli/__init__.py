@@ -16,8 +16,6 @@ from ..store.modes import DEFAULT_MODE, SEARCH_MODES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_EXPECTED = (FileNotFoundError, ValueError, TypeError, PermissionError)
-
 
 class _Group(click.Group):
     """Turns every error into one line (exit code 1, 2 for a bad argument); ``--debug``
@@ -61,19 +59,9 @@ class _Group(click.Group):
 
 def _one_line(exc: Exception) -> str:
     """The message of ``exc`` on one line; an error we did not expect says so."""
-    import sqlalchemy as sa
+    from ..errors import describe
 
-    from ..errors import CrabError
-
-    if isinstance(exc, sa.exc.DBAPIError):  # its message goes on with the SQL and parameters
-        lines = str(exc.orig).strip().splitlines()
-        return f"the database refused: {lines[0] if lines else type(exc.orig).__name__}"
-    message = " ".join(str(exc).split())
-    if len(message) > 500:
-        message = message[:500] + "..."
-    if isinstance(exc, (CrabError, *_EXPECTED)):
-        return message
-    return f"unexpected {type(exc).__name__}: {message}; run with --debug for the traceback"
+    return describe(exc)
 
 
 def _silence_stdout() -> None:
@@ -380,6 +368,11 @@ def _search_options(f: F) -> F:
         help="dense (vectors), text (full-text) or hybrid (both, fused by rank).",
     )(f)
     f = click.option("--no-rerank", is_flag=True, help="Skip the reranker, if one is set.")(f)
+    f = click.option(
+        "--no-serve",
+        is_flag=True,
+        help="Answer in this process even when a `crab serve` with these settings runs.",
+    )(f)
     f = click.option("--filter", "filters", multiple=True, help="Metadata key=value (repeatable).")(
         f
     )
@@ -411,43 +404,95 @@ def _stages(result: Any, pipe: Any) -> str:
     return stages + " (no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
 
 
+def _request(opts: dict[str, Any], filters: tuple[str, ...]) -> dict[str, Any] | None:
+    """The search options as ``crab serve`` takes them; None when a server cannot take
+    them as given (a key filtered twice)."""
+    pairs = [f.partition("=") for f in filters]
+    if any(not sep or not key for key, sep, _ in pairs):
+        return None  # answered here, with the usual error
+    if len({key for key, _, _ in pairs}) < len(pairs):
+        return None
+    body: dict[str, Any] = {
+        "collection": opts["collection"],
+        "mode": opts["mode"],
+        "rerank": not opts["no_rerank"],
+        "filters": {key: value for key, _, value in pairs},
+    }
+    return body | {k: opts[k] for k in ("top_k", "top_n") if opts.get(k) is not None}
+
+
+def _served(path: str, body: dict[str, Any] | None, opts: dict[str, Any]) -> Any:
+    """The answer of a running `crab serve` started with these settings, or None (there is
+    none, or it cannot answer this request as this process would: then it answers here)."""
+    if body is None or opts.get("no_serve"):
+        return None
+    from ..http.client import ServeUnavailable, post
+    from ..http.discovery import find, server_key
+
+    endpoint = find(
+        server_key(
+            database_url=opts["database_url"],
+            embed_model=opts["embed_model"],
+            rerank_model=opts["rerank_model"],
+            rerank_weights=opts["rerank_weights"],
+            n_gpu_layers=opts["n_gpu_layers"],
+            read_urls=opts["read_urls"],
+        )
+    )
+    if endpoint is None:
+        return None
+    try:
+        reply = post(endpoint, path, body)
+    except ServeUnavailable as exc:
+        click.echo(f"crab serve did not answer ({exc}); answering here", err=True)
+        return None
+    if reply.ok and isinstance(reply.body, dict):
+        click.echo(f"answered by crab serve at {endpoint.where}", err=True)
+        return reply.body
+    if reply.status == 409 or reply.status >= 500:  # another model or chat model; a fault
+        click.echo(f"crab serve could not answer ({reply.message}); answering here", err=True)
+        return None
+    raise ValueError(reply.message)
+
+
 @main.command()
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_search_options
 def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> None:
-    """Find the passages that answer TEXT (reranked when a reranker is set)."""
-    from ..pipeline import NOTHING_TO_SEARCH, source_name
+    """Find the passages that answer TEXT (reranked when a reranker is set).
 
-    pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
-    result = pipe.search(text, **_search_args(opts, filters))
-    stages = _stages(result, pipe)
-    pipe.close()
-    rows = [
-        {
-            "rank": i,
-            "score": round(float(h.score or 0.0), 4),
-            "retrieval_score": h.node.metadata.get("retrieval_score"),
-            "source": source_name(h),
-            "node_id": h.node.node_id,
-            "text": h.node.get_content(),
-        }
-        for i, h in enumerate(result.hits, 1)
-    ]
-    timings = {k: round(v * 1000, 1) for k, v in result.timings.items()}
+    A running `crab serve` with the same settings answers when there is one (said on
+    stderr); --no-serve answers in this process.
+    """
+    request = _request(opts, filters)
+    out = _served("/query", None if request is None else {"query": text, **request}, opts)
+    if out is None:
+        from ..pipeline import query_json
+
+        pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
+        out = query_json(text, pipe.search(text, **_search_args(opts, filters)), pipe)
+        pipe.close()
     if as_json:
-        out = {"query": text, "stages": stages, "results": rows, "timings_ms": timings}
-        if result.nothing_to_search:
-            out["note"] = NOTHING_TO_SEARCH
         click.echo(json.dumps(out, indent=2))
         return
-    if result.nothing_to_search:
-        click.echo(NOTHING_TO_SEARCH)
+    if out.get("note"):  # nothing was searched
+        click.echo(out["note"])
         return
-    for row in rows:
+    for row in out["results"]:
         snippet = " ".join(str(row["text"]).split())[:160]
         click.echo(f"{row['rank']:>2}. {row['score']:.4f}  {row['source']}\n    {snippet}")
-    click.echo(f"{stages}; " + ", ".join(f"{k} {v} ms" for k, v in timings.items()))
+    timings = out["timings_ms"]
+    click.echo(f"{out['stages']}; " + ", ".join(f"{k} {v} ms" for k, v in timings.items()))
+
+
+def _print_answer(out: dict[str, Any], chat_model: str | None) -> None:
+    click.echo("answer: " + out["answer"])
+    click.echo("sources:")
+    for row in out["sources"]:
+        click.echo(f"  [{row['n']}] {row['score']:.3f} {row['source']}: {row['text'][:90]}")
+    how = "; answer written by " + chat_model if chat_model else "; answer quoted from the sources"
+    click.echo(out["stages"] + how)
 
 
 @main.command()
@@ -462,32 +507,38 @@ def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> No
 def ask(
     question: str, chat_model: str | None, as_json: bool, filters: tuple[str, ...], **opts: Any
 ) -> None:
-    """Answer QUESTION from the collection, every sentence citing its source [n]."""
-    from ..pipeline import source_name
+    """Answer QUESTION from the collection, every sentence citing its source [n].
 
+    A running `crab serve` with the same settings answers when there is one (said on
+    stderr); --no-serve answers in this process.
+    """
+    from ..pipeline import ask_json
+
+    request = _request(opts, filters)
+    body = None if request is None else {"question": question, "chat_model": chat_model}
+    out = _served("/ask", None if body is None else body | (request or {}), opts)
+    if out is not None:
+        if as_json:
+            click.echo(json.dumps(out, indent=2))
+        else:
+            _print_answer(out, chat_model)
+        return
     pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])
     if chat_model:
         from ..models.chat import LlamaCppChat
 
         pipe.llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=opts["n_gpu_layers"])
     found, answer = pipe.ask(question, **_search_args(opts, filters))
-    sources = [
-        (i, source_name(hit), float(hit.score or 0.0), " ".join(hit.node.get_content().split()))
-        for i, hit in enumerate(found.hits, 1)
-    ]
     if as_json:
-        text = "".join(answer)
-        rows = [{"n": i, "source": s, "score": round(v, 4), "text": t} for i, s, v, t in sources]
-        out = {"question": question, "answer": text, "sources": rows, "stages": found.stages}
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(ask_json(question, found, "".join(answer)), indent=2))
         pipe.close()
         return
     click.echo("answer: ", nl=False)
-    for piece in answer:
+    for piece in answer:  # a chat model's answer streams as it is written
         click.echo(piece, nl=False)
     click.echo("\nsources:")
-    for i, name, score, text in sources:
-        click.echo(f"  [{i}] {score:.3f} {name}: {text[:90]}")
+    for row in ask_json(question, found, "")["sources"]:
+        click.echo(f"  [{row['n']}] {row['score']:.3f} {row['source']}: {row['text'][:90]}")
     click.echo(
         _stages(found, pipe)
         + (
@@ -497,6 +548,66 @@ def ask(
         )
     )
     pipe.close()
+
+
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; one other than this machine's loopback needs --token.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option(
+    "--socket",
+    "unix_socket",
+    type=click.Path(dir_okay=False),
+    help="Listen on this Unix socket instead (mode 0600: only you can connect).",
+)
+@click.option(
+    "--token",
+    envvar="CRAB_SERVE_TOKEN",
+    help="Require 'Authorization: Bearer TOKEN' on every request (CRAB_SERVE_TOKEN).",
+)
+@click.option(
+    "--max-request-bytes",
+    "max_body",
+    type=click.IntRange(min=1024),
+    default=4 << 20,
+    show_default=True,
+    help="Larger request bodies are refused (413).",
+)
+@click.option("--chat-model", envvar="CRAB_CHAT_MODEL", help="GGUF chat model for /ask.")
+@click.option(
+    "--read-url",
+    "read_urls",
+    multiple=True,
+    envvar="CRAB_READ_URLS",
+    help="Read replica URL for searches (repeatable).",
+)
+@_options
+def serve(**opts: Any) -> None:
+    """Keep the models loaded and answer over HTTP until stopped (Ctrl-C).
+
+    POST /v1/embeddings (OpenAI's API: its clients work unchanged), /rerank
+    (text-embeddings-inference's), /query and /ask (what `crab query --json` and `crab ask
+    --json` print; the collection in the body, else --collection); GET /health, /stats.
+    Concurrent requests share decodes. `crab query` and `crab ask` with the same settings
+    use it. Listens on 127.0.0.1 only, unless --host (which then needs --token).
+    """
+    try:
+        from ..http.serve import serve as run
+    except ImportError as exc:
+        raise click.ClickException(
+            f"crab serve needs the serve extra ({exc.name} is missing): "
+            "pip install 'llama-index-crab[serve]'"
+        ) from exc
+
+    def ready(endpoint: Any) -> None:
+        click.echo(f"crab serve: {endpoint.where} (collection {opts['collection']!r})")
+        sys.stdout.flush()
+
+    run(**opts, ready=ready)
 
 
 @main.command()
@@ -691,7 +802,7 @@ def eval_(
         )
 
 
-from .doctor import db, doctor  # noqa: E402
+from .doctor import db, doctor  # noqa: E402  (imports nothing heavy)
 from .sync import vectorize, worker  # noqa: E402
 
 main.add_command(doctor)

@@ -7,8 +7,6 @@ from collections.abc import Callable
 
 import click
 
-from ..store.db import mask_url, to_url
-
 Check = Callable[[], str]
 
 
@@ -82,6 +80,8 @@ def doctor(
         return os.path.basename(chat_model or str(default_chat_model()))
 
     def database() -> str:
+        from ..store.db import mask_url, to_url
+
         url = resolve_database_url(database_url)
         engine = sa.create_engine(to_url(url))
         state["engine"] = engine
@@ -199,6 +199,7 @@ def start() -> None:
     """Start the embedded server (and migrate it); print its URL, password masked."""
     from ..server import postgres as server
     from ..store import migrate
+    from ..store.db import mask_url
 
     started = server.start()
     migrate.upgrade(started)
@@ -217,6 +218,7 @@ def stop() -> None:
 def status() -> None:
     """Say whether the embedded server runs, and where its data is."""
     from ..server import postgres as server
+    from ..store.db import to_url
 
     s = server.status()
     if not s.running:

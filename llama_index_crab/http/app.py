@@ -240,8 +240,9 @@ def create_app(service: Service, *, token: str | None = None, max_body: int = 4 
     async def ask(request: Request) -> Response:
         body = await _body(request)
         question = _text(body, "question")
+        chat_model = _field(body, "chat_model", str)
         collection, options = _search_options(body)
-        return JSONResponse(await service.ask(question, collection, **options))
+        return JSONResponse(await service.ask(question, collection, chat_model, **options))
 
     routes = [
         Route("/health", _handled(health), methods=["GET"]),

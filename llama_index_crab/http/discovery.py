@@ -51,7 +51,6 @@ def server_key(
     rerank_weights: str = "file",
     n_gpu_layers: int = 0,
     read_urls: Sequence[str] = (),
-    chat_model: str | None = None,
 ) -> str:
     """A short name for the settings a server was started with; the same options (and
     environment) on the command line give the same key."""
@@ -62,7 +61,6 @@ def server_key(
         "rerank_weights": rerank_weights if rerank_model else "file",
         "n_gpu_layers": n_gpu_layers,
         "read_urls": sorted(read_urls),
-        "chat_model": _path(chat_model or ""),
     }
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import uvicorn
 
 from .discovery import Endpoint, announce, server_key, withdraw
 from .guard import is_loopback
@@ -112,8 +115,8 @@ def serve(
         if chat_model:
             from ..models.chat import LlamaCppChat
 
-            pipe._llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=n_gpu_layers)
-        service = Service(pipe, read_urls=read_urls)
+            pipe.llm = LlamaCppChat(chat_model, max_tokens=160, n_gpu_layers=n_gpu_layers)
+        service = Service(pipe, read_urls=read_urls, chat_model=chat_model)
         service.warm_up()
         key = server_key(
             database_url=database_url,
@@ -122,7 +125,6 @@ def serve(
             rerank_weights=rerank_weights,
             n_gpu_layers=n_gpu_layers,
             read_urls=read_urls,
-            chat_model=chat_model,
         )
         endpoint = endpoint_of(sock, token)
         asyncio.run(_run(service, sock, token, max_body, key, endpoint, ready))
@@ -131,6 +133,19 @@ def serve(
         if unix_socket:
             with contextlib.suppress(OSError):
                 Path(unix_socket).unlink()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with the signals left to us: uvicorn's own handling raises the
+    signal again once it has stopped, which would end the process before the server file
+    is removed."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    def stop(self) -> None:
+        self.should_exit = True
 
 
 async def _run(
@@ -142,8 +157,6 @@ async def _run(
     endpoint: Endpoint,
     ready: Callable[[Endpoint], None] | None,
 ) -> None:
-    import uvicorn
-
     from .app import create_app
 
     app = create_app(service, token=token, max_body=max_body)
@@ -155,7 +168,10 @@ async def _run(
         timeout_keep_alive=30,
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.stop)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
     from ..pipeline import Pipeline
 
 __all__ = ["Service"]
+
+T = TypeVar("T")
+
+
+def _same_file(path: str | None) -> str | None:
+    """A model path made absolute when it names a file, else as it is."""
+    return os.path.realpath(path) if path and os.path.exists(path) else path
 
 
 class Service:
@@ -30,9 +38,15 @@ class Service:
     """
 
     def __init__(
-        self, pipeline: Pipeline, *, read_urls: Sequence[str] = (), workers: int = 16
+        self,
+        pipeline: Pipeline,
+        *,
+        read_urls: Sequence[str] = (),
+        chat_model: str | None = None,
+        workers: int = 16,
     ) -> None:
         self.pipeline = pipeline
+        self.chat_model = chat_model
         self.read_urls = list(read_urls)
         self.embed_model = pipeline.embed_model
         self.reranker = pipeline.reranker
@@ -122,33 +136,50 @@ class Service:
         result, timings = await self._search(pipe, text, options)
         return query_json(text, result, pipe, timings)
 
-    async def ask(self, question: str, collection: str | None, **options: Any) -> dict[str, Any]:
-        """What ``crab ask --json`` prints, for ``question`` in ``collection``."""
+    async def ask(
+        self, question: str, collection: str | None, chat_model: str | None, **options: Any
+    ) -> dict[str, Any]:
+        """What ``crab ask --json`` prints, for ``question`` in ``collection``; ``chat_model``
+        must be the one this server loaded (or None for none)."""
+        from ..errors import CollectionMismatchError
         from ..pipeline import ask_json
 
+        if _same_file(chat_model) != _same_file(self.chat_model):
+            have = f"the chat model {self.chat_model}" if self.chat_model else "no chat model"
+            raise CollectionMismatchError(
+                f"this server has {have}; start crab serve with --chat-model "
+                f"{chat_model or '(none)'} for these answers"
+            )
         pipe = await self._pipeline(collection)
+        vector, _ = await self._question_vector(pipe, question, options)
         score = self._threadsafe_score()
 
         def answer() -> dict[str, Any]:
-            found, pieces = pipe.ask(question, score=score, **options)
-            return ask_json(question, found, "".join(pieces), pipe)
+            found, pieces = pipe.ask(question, vector=vector, score=score, **options)
+            return ask_json(question, found, "".join(pieces))
 
         return await self._in_pool(answer)
 
     async def _search(
         self, pipe: Pipeline, text: str, options: dict[str, Any]
     ) -> tuple[Any, dict[str, float]]:
-        timings: dict[str, float] = {}
-        vector = None
-        if (options.get("mode") or pipe.mode) != "text":
-            start = time.perf_counter()
-            vector = (await self.embed([text], query=True))[0][0].tolist()
-            timings["embed"] = time.perf_counter() - start
+        vector, timings = await self._question_vector(pipe, text, options)
         score = self._threadsafe_score()
         result = await self._in_pool(
             lambda: pipe.search(text, vector=vector, score=score, **options)
         )
         return result, {**timings, **result.timings}
+
+    async def _question_vector(
+        self, pipe: Pipeline, text: str, options: dict[str, Any]
+    ) -> tuple[list[float] | None, dict[str, float]]:
+        """The question's embedding through the batcher (None for text search), and the
+        seconds it took."""
+        if (options.get("mode") or pipe.mode) == "text":
+            return None, {}
+        start = time.perf_counter()
+        vector = (await self.embed([text], query=True))[0][0].tolist()
+        return vector, {"embed": time.perf_counter() - start}
 
     def _threadsafe_score(self) -> Any:
         """A ``score(query, texts)`` for the pool's threads that goes through the batcher."""
@@ -172,7 +203,7 @@ class Service:
 
     def _new_pipeline(self, name: str) -> Pipeline:
         from ..pipeline import Pipeline
-        from ..store import PostgresVectorStore
+        from ..store.vector_store import PostgresVectorStore
 
         base = self.pipeline
         identity = self.embed_model.identity()
@@ -191,7 +222,7 @@ class Service:
         with self._lock:
             return self._pipelines.setdefault(name, pipe)
 
-    async def _in_pool(self, work: Any) -> Any:
+    async def _in_pool(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, work)
 
     def stats(self) -> dict[str, Any]:

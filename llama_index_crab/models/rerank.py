@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,20 +122,38 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
 
     def score(self, query: str, documents: list[str]) -> list[float]:
         """One score per document, in input order."""
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(
-                "a non-empty query is needed to rerank; pass query_str or a QueryBundle"
-            )
-        if not documents:
+        return self.score_pairs([(query, doc) for doc in documents], query=query)
+
+    def score_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        scores: Literal["probability", "raw"] | None = None,
+        query: str | None = None,
+    ) -> list[float]:
+        """One score per (query, document) pair, in input order: pairs of several queries
+        share decodes. ``scores`` overrides the model's ``scores`` setting."""
+        for q in {q for q, _ in pairs} if query is None else {query}:
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(
+                    "a non-empty query is needed to rerank; pass query_str or a QueryBundle"
+                )
+        if not pairs:
             return []
         runner = self.runner
-        pairs = self._pairs(runner, query, documents)
-        seqs = [seq for seq, _, _ in pairs]
+        by_query: dict[str, list[int]] = {}
+        for i, (q, _) in enumerate(pairs):
+            by_query.setdefault(q, []).append(i)
+        built: list[tuple[list[int], int, bool]] = [([], 0, False)] * len(pairs)
+        for q, where in by_query.items():  # the query side is tokenized once per query
+            for i, pair in zip(where, self._pairs(runner, q, [pairs[i][1] for i in where])):
+                built[i] = pair
+        seqs = [seq for seq, _, _ in built]
         embeds = None
         if self._tables is not None:
-            embeds = [self._embed_with_types(seq, n_b) for seq, n_b, _ in pairs]
+            embeds = [self._embed_with_types(seq, n_b) for seq, n_b, _ in built]
         raw = runner.run(seqs, embeds=embeds)
-        return [self._to_score(runner, r) for r in raw]
+        return [self._to_score(runner, r, scores or self.scores) for r in raw]
 
     def rerank(self, query: str, documents: list[str]) -> list[tuple[int, float]]:
         """(index, score) of every document, best first, like llama.cpp's rerank."""
@@ -207,12 +226,12 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
             rows[len(seq) - n_type1 :] += types[1] - types[0]
         return rows
 
-    def _to_score(self, runner: LlamaRunner, raw: np.ndarray) -> float:
+    def _to_score(self, runner: LlamaRunner, raw: np.ndarray, scores: str) -> float:
         if raw.size == 1:
             value = float(raw[0])
-            return value if self.scores == "raw" else float(1.0 / (1.0 + np.exp(-value)))
+            return value if scores == "raw" else float(1.0 / (1.0 + np.exp(-value)))
         positive = _positive_index(runner)
-        if runner.info.arch in _PROBABILITY_HEADS or self.scores == "raw":
+        if runner.info.arch in _PROBABILITY_HEADS or scores == "raw":
             return float(raw[positive])
         exp = np.exp(raw - raw.max())
         return float(exp[positive] / exp.sum())
@@ -240,19 +259,24 @@ class LlamaCppRerank(BaseNodePostprocessor, GpuOptions, WeightsOption):
         return ranked
 
     def rerank_nodes(
-        self, query: str, nodes: list[NodeWithScore], top_n: int | None = None
+        self,
+        query: str,
+        nodes: list[NodeWithScore],
+        top_n: int | None = None,
+        score: Callable[[str, list[str]], list[float]] | None = None,
     ) -> list[NodeWithScore]:
         """Score ``nodes`` against ``query`` (their embed-mode content) and return them best
         first, at most ``top_n`` (default: the ``top_n`` field). The scores replace the nodes'
         own; the first-stage score is kept as ``metadata['retrieval_score']`` when
-        ``keep_retrieval_score`` is set."""
+        ``keep_retrieval_score`` is set. ``score``: what scores them instead of
+        :meth:`score` (a server batching the pairs of many requests)."""
         if not nodes:
             return []
         texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-        for node, score in zip(nodes, self.score(query, texts)):
+        for node, value in zip(nodes, (score or self.score)(query, texts)):
             if self.keep_retrieval_score:
                 node.node.metadata["retrieval_score"] = node.score
-            node.score = score
+            node.score = value
         ranked = sorted(nodes, key=lambda n: -(n.score or 0.0))
         return ranked[: self.top_n if top_n is None else top_n]
 

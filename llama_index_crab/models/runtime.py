@@ -223,6 +223,7 @@ class LlamaRunner:
         self._lock = threading.Lock()
         self._wp: WordPiece | None = None
         self._closed = False
+        self.decodes = 0  # llama_decode calls so far (a server reports how well it batches)
         if self._own:
             path = resolve_model_path(model)
             mparams, _keep = model_params(**(gpu or {}))  # _keep: alive while loading
@@ -406,6 +407,8 @@ class LlamaRunner:
         if mem:
             llama_cpp.llama_memory_clear(mem, True)
         rc = llama_cpp.llama_decode(c.ctx, c.batch)
+        with self._lock:
+            self.decodes += 1
         if rc != 0:
             raise ModelError(f"llama_decode failed with code {rc} on a batch of {n} tokens")
         if token_level or self.pooling == "none":

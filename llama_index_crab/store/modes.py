@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
-from llama_index.core.vector_stores.types import VectorStoreQueryMode
+if TYPE_CHECKING:  # LlamaIndex loads when a store query is built, not for `crab --help`
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
 
 __all__ = ["DEFAULT_MODE", "HYBRID_DEPTH", "SEARCH_MODES", "SearchMode", "check_mode", "store_mode"]
 
@@ -13,12 +14,6 @@ SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
 # Chosen on the labelled sets (benchmarks/quality.py); the README has the numbers.
 DEFAULT_MODE: SearchMode = "hybrid"
 HYBRID_DEPTH = 100  # dense and text candidates fused (then cut to top_k)
-
-_STORE_MODES = {
-    "dense": VectorStoreQueryMode.DEFAULT,
-    "text": VectorStoreQueryMode.TEXT_SEARCH,
-    "hybrid": VectorStoreQueryMode.HYBRID,
-}
 
 
 def check_mode(mode: str) -> SearchMode:
@@ -30,4 +25,10 @@ def check_mode(mode: str) -> SearchMode:
 
 def store_mode(mode: SearchMode) -> VectorStoreQueryMode:
     """The LlamaIndex query mode that runs ``mode`` on :class:`PostgresVectorStore`."""
-    return _STORE_MODES[mode]
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+    return {
+        "dense": VectorStoreQueryMode.DEFAULT,
+        "text": VectorStoreQueryMode.TEXT_SEARCH,
+        "hybrid": VectorStoreQueryMode.HYBRID,
+    }[mode]

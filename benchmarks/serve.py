@@ -1,0 +1,247 @@
+"""`crab query` cold, and `crab serve` (issue #27): what a query costs a new process, and
+what it costs through a resident server.
+
+``python -m benchmarks.serve [--before PATH] [--runs 5] [--queries 100]``. Uses the embedded
+server of ``CRAB_PGDATA`` with the demo corpus ingested (``crab ingest
+examples/corpus/python-reference``) in the collection ``CRAB_COLLECTION`` (default
+"default"). ``--before PATH``: a checkout of an older version, timed interleaved with this
+one (``git worktree add /tmp/before <commit>``), both with this venv's ``crab``.
+
+1. ``crab query "..." --top-n 3`` wall time, a new process each run (the OS page cache
+   warm, the database running): median of ``--runs``, before/after interleaved, and
+   ``crab query`` answered by a running ``crab serve``.
+2. ``POST /query`` p50/p95 over ``--queries`` questions of the labelled set with 1 and 8
+   concurrent clients.
+3. Embeddings/s: the corpus chunks through ``POST /v1/embeddings`` (32 texts per request,
+   1 and 8 clients) against ``LlamaCppEmbedding.embed`` in this process (32 per call, and
+   all in one call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CRAB = str(Path(sys.executable).with_name("crab"))
+QUESTION = "How do I catch an exception?"
+QUERIES = ROOT / "tests" / "data" / "python-reference-qa" / "queries.jsonl"
+
+
+def _env(repo: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(repo)}
+
+
+def cold_query(repo: Path, *extra: str) -> tuple[float, str]:
+    """Wall seconds of one `crab query` process from ``repo``, and its stderr."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [CRAB, "query", QUESTION, "--top-n", "3", *extra],
+        env=_env(repo),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"crab query failed ({repo}): {done.stderr.strip()}")
+    return seconds, done.stderr
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> Any:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=300)
+    try:
+        connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path}: {response.status} {data[:200]!r}")
+        return json.loads(data)
+    finally:
+        connection.close()
+
+
+def _get(url: str, path: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url + path, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def served_latency(url: str, questions: list[str], clients: int) -> list[float]:
+    """Seconds per ``POST /query``, ``clients`` at a time."""
+
+    def one(question: str) -> float:
+        start = time.perf_counter()
+        _post(url, "/query", {"query": question, "top_n": 3})
+        return time.perf_counter() - start
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, questions))
+
+
+def served_embeddings(url: str, texts: list[str], clients: int, per_request: int = 32) -> float:
+    """Texts per second through ``POST /v1/embeddings``."""
+    batches = [texts[i : i + per_request] for i in range(0, len(texts), per_request)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(lambda b: _post(url, "/v1/embeddings", {"input": b}), batches))
+    return len(texts) / (time.perf_counter() - start)
+
+
+def corpus_chunks(limit: int) -> list[str]:
+    """Paragraphs of the demo corpus of 200-1,200 characters (about 40-300 tokens)."""
+    texts: list[str] = []
+    for path in sorted((ROOT / "examples" / "corpus" / "python-reference").glob("*.md")):
+        for block in path.read_text().split("\n\n"):
+            text = " ".join(block.split())
+            if 200 <= len(text) <= 1200:
+                texts.append(text)
+    return texts[:limit]
+
+
+def start_server(repo: Path) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [CRAB, "serve", "--port", "0"],
+        env=_env(repo),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line.startswith("crab serve: "):
+        process.kill()
+        raise RuntimeError(f"crab serve did not start: {line!r}")
+    return process, line.split()[2]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.serve")
+    parser.add_argument("--before", type=Path, help="checkout of the version to compare with")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--texts", type=int, default=640)
+    args = parser.parse_args(argv)
+    here = ROOT
+    out: list[str] = []
+
+    # 1. cold `crab query`, interleaved with the older checkout
+    times: dict[str, list[float]] = {"after": []}
+    if args.before:
+        times["before"] = []
+    for r in range(args.runs):
+        names = list(times) if r % 2 == 0 else list(reversed(times))
+        for name in names:
+            repo = here if name == "after" else args.before
+            seconds, _ = cold_query(repo, "--no-serve") if name == "after" else cold_query(repo)
+            times[name].append(seconds)
+            print(f"  cold {name} run {r + 1}: {seconds:.2f} s", file=sys.stderr)
+
+    process, url = start_server(here)
+    try:
+        via = []
+        for _ in range(args.runs):
+            seconds, err = cold_query(here)
+            if "crab serve" not in err:
+                raise RuntimeError(f"crab query did not use the server: {err}")
+            via.append(seconds)
+        out.append(
+            '| `crab query "How do I catch an exception?" --top-n 3`, new process | median of '
+            f"{args.runs} | runs |"
+        )
+        out.append("|---|---:|---|")
+        for name, values in times.items():
+            label = (
+                "before (in-process)" if name == "before" else "after (in-process, `--no-serve`)"
+            )
+            out.append(
+                f"| {label} | {statistics.median(values):.2f} s | "
+                + ", ".join(f"{v:.2f}" for v in values)
+                + " |"
+            )
+        out.append(
+            f"| after, answered by a running `crab serve` | {statistics.median(via):.2f} s | "
+            + ", ".join(f"{v:.2f}" for v in via)
+            + " |"
+        )
+
+        # 2. latency through the server
+        lines = QUERIES.read_text().splitlines()
+        questions = [json.loads(line)["text"] for line in lines][: args.queries]
+        served_latency(url, questions[:5], 1)  # warm-up
+        out.append("")
+        out.append(
+            f"| `POST /query` (hybrid, top 3), {len(questions)} questions | p50 | p95 | queries/s |"
+        )
+        out.append("|---|---:|---:|---:|")
+        for clients in (1, 8):
+            start = time.perf_counter()
+            seconds = served_latency(url, questions, clients)
+            rate = len(questions) / (time.perf_counter() - start)
+            out.append(
+                f"| {clients} client{'s' if clients > 1 else ''} | "
+                f"{_percentile(seconds, 0.5) * 1000:.1f} ms | "
+                f"{_percentile(seconds, 0.95) * 1000:.1f} ms | {rate:.1f} |"
+            )
+
+        # 3. embeddings/s, server against in-process, interleaved
+        texts = corpus_chunks(args.texts)
+        from llama_index_crab import LlamaCppEmbedding
+        from llama_index_crab.pipeline import default_embed_model
+
+        model = LlamaCppEmbedding(default_embed_model())
+        model.embed(texts[:32])
+        rates: dict[str, list[float]] = {}
+
+        def local(per_call: int) -> float:
+            start = time.perf_counter()
+            for i in range(0, len(texts), per_call):
+                model.embed(texts[i : i + per_call])
+            return len(texts) / (time.perf_counter() - start)
+
+        alternatives = {
+            "in-process, 32 per call": lambda: local(32),
+            "in-process, all in one call": lambda: local(len(texts)),
+            "`/v1/embeddings`, 32 per request, 1 client": lambda: served_embeddings(url, texts, 1),
+            "`/v1/embeddings`, 32 per request, 8 clients": lambda: served_embeddings(url, texts, 8),
+        }
+        for r in range(3):
+            names = list(alternatives) if r % 2 == 0 else list(reversed(alternatives))
+            for name in names:
+                rates.setdefault(name, []).append(alternatives[name]())
+        model.close()
+        out.append("")
+        out.append(
+            f"| embeddings, {len(texts)} corpus paragraphs (40-300 tokens) | texts/s (best of 3) |"
+        )
+        out.append("|---|---:|")
+        for name, values in rates.items():
+            out.append(f"| {name} | {max(values):.0f} |")
+        stats = _get(url, "/stats")
+        out.append("")
+        out.append(f"server counters at the end: `{json.dumps(stats)}`")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
