@@ -99,7 +99,7 @@ def recorded_weights(path: str) -> str:
     """``weights=`` for the embedder a pipeline loads: "file" for the weights earlier defaults
     loaded as they are (the bundled q8_0 file, the float32 copy in the cache), so their
     collections keep the weights they were filled with; "auto" for any other model."""
-    from .models.weights import cache_root
+    from .models.gguf import cache_root
 
     found = Path(path).resolve()
     q8 = (BUNDLED_MODELS / BUNDLED_EMBEDDERS["q8_0"]).resolve()
@@ -165,7 +165,7 @@ def resolve_database_url(url: str | None = None) -> str:
     from .store import migrate
 
     started = server.start()
-    migrate.upgrade(started)
+    migrate.ensure_current(started)
     return started
 
 

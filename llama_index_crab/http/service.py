@@ -120,7 +120,7 @@ class Service:
     async def embed(
         self, texts: Sequence[str], *, query: bool = False
     ) -> list[tuple[np.ndarray, int]]:
-        prefix = self.embed_model.query_prefix if query else self.embed_model.text_prefix
+        prefix = (self.embed_model.query_prefix if query else self.embed_model.text_prefix) or ""
         return await self.embeddings.submit([(prefix, t) for t in texts])
 
     async def rerank(self, query: str, texts: Sequence[str], *, raw: bool = False) -> list[float]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import struct
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "POOLINGS",
+    "cache_root",
     "file_identity",
     "file_sha256",
     "gguf_pooling",
@@ -84,19 +87,57 @@ def _download(spec: str) -> Path:
         raise ModelError(f"could not download {filename!r} from {repo_id!r}: {exc}") from exc
 
 
+def file_identity(path: Path) -> str:
+    """A stable identity for a model file: its name and the first 12 hex digits of its sha256."""
+    return f"{path.name}@{file_sha256(path)[:12]}"
+
+
+def cache_root() -> Path:
+    """The package's cache folder: ``CRAB_CACHE_DIR``, else the user cache directory."""
+    base = os.environ.get("CRAB_CACHE_DIR")
+    if base:
+        return Path(base)
+    import platformdirs
+
+    return platformdirs.user_cache_path("llama-index-crab")
+
+
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file's bytes, as hex."""
+    """The sha256 of a file's bytes, as hex, read once per version of the file.
+
+    The digest is kept in a sidecar file (``cache_root()/sha256/``) with the file's path,
+    size, mtime and inode; while they match, it is read back instead of hashing the file
+    again (a model of hundreds of MB). A cache that cannot be written costs only the hashing.
+    """
+    resolved = path.resolve()
+    st = resolved.stat()
+    return _file_sha256(resolved, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: Path, size: int, mtime_ns: int, inode: int) -> str:
+    version = [str(path), size, mtime_ns, inode]
+    name = hashlib.sha256(os.fsencode(path)).hexdigest()[:32] + ".json"
+    sidecar = cache_root() / "sha256" / name
+    try:
+        kept = json.loads(sidecar.read_text())
+        if kept.get("version") == version and isinstance(kept.get("sha256"), str):
+            return str(kept["sha256"])
+    except (OSError, ValueError, AttributeError):
+        pass
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-@lru_cache(maxsize=32)
-def file_identity(path: Path) -> str:
-    """A stable identity for a model file: its name and the first 12 hex digits of its sha256."""
-    return f"{path.name}@{file_sha256(path)[:12]}"
+    found = digest.hexdigest()
+    try:
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sidecar.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": version, "sha256": found}))
+        os.replace(tmp, sidecar)
+    except OSError:
+        pass
+    return found
 
 
 def read_embedding_tables(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
@@ -155,7 +196,6 @@ def _summary(path: Path) -> tuple[dict[str, object], frozenset[str]]:
     """Scalar and string metadata plus tensor names, read straight from the header: arrays
     (a tokenizer's 150k tokens and merges) are skipped, not parsed, so this stays fast."""
     import mmap
-    import struct
 
     def string(at: int) -> tuple[str, int]:
         (n,) = struct.unpack_from("<Q", buf, at)

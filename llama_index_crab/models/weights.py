@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Literal, overload
 from pydantic import BaseModel, Field, PrivateAttr
 
 from ..errors import ModelError
+from .gguf import cache_root, file_sha256
 
 __all__ = [
     "WEIGHTS",
@@ -50,14 +50,6 @@ COPY_LIMIT_ENV = "CRAB_WEIGHTS_COPY_LIMIT_MB"
 COPY_LIMIT_MB = 1024
 # A copy is chosen over the file only when it is clearly faster (timings wobble by a few %).
 MARGIN = 0.03
-
-
-def cache_root() -> Path:
-    """``CRAB_CACHE_DIR``, else the user cache directory."""
-    import platformdirs
-
-    base = os.environ.get("CRAB_CACHE_DIR")
-    return Path(base) if base else platformdirs.user_cache_path("llama-index-crab")
 
 
 def cache_dir() -> Path:
@@ -157,26 +149,8 @@ def _copy_path(path: Path, kind: str, cache: Path | None = None) -> Path:
 
 def content_hash(path: Path) -> str:
     """The first 16 hex digits of the file's sha256, computed once per version of the file
-    (path, size, mtime) and kept in the cache's ``hashes.json``."""
-    stat = path.resolve().stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    return _hash(key, path.resolve())
-
-
-@functools.lru_cache(maxsize=64)
-def _hash(key: str, path: Path) -> str:
-    from .gguf import file_sha256
-
-    sidecar = cache_root() / "hashes.json"
-    known = _read_json(sidecar)
-    if isinstance(known.get(key), str):
-        return str(known[key])
-    digest = file_sha256(path)[:16]
-    with _locked(sidecar):
-        known = _read_json(sidecar)
-        known[key] = digest
-        _write_json(sidecar, known)
-    return digest
+    (``gguf.file_sha256`` keeps it in a sidecar in the cache)."""
+    return file_sha256(path.resolve())[:16]
 
 
 # -- the choice -------------------------------------------------------------------------

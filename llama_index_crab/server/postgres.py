@@ -265,13 +265,47 @@ def _start(pgdata: Path) -> str:
     return url
 
 
+# In the data directory: which server process passed every check of ``_start``.
+_CHECKED_FILE = "crab_checked"
+
+
+def _stamp(server: processes.Postmaster) -> str:
+    return f"{server.pid} {server.process.create_time()} {server.socket_dir}"
+
+
+def _checked_url(pgdata: Path) -> str | None:
+    """The URL of the running server when that very process (PID and start time) passed
+    ``_start``'s checks before, so a command reusing it pays no connection for them."""
+    try:
+        stamp = (pgdata / _CHECKED_FILE).read_text()
+    except OSError:
+        return None
+    server = processes.postmaster(pgdata)
+    if server is None or server.state != "ready" or server.socket_dir is None:
+        return None
+    password = _password(pgdata)
+    if password is None or server.listen_addresses or stamp != _stamp(server):
+        return None
+    return _url(server.socket_dir, password)
+
+
 def start(pgdata: Path | None = None) -> str:
     """Start the embedded server (or reuse the running one) and return its database URL
     (with the password: pass it through ``mask_url`` before printing it)."""
     pgdata = _resolved(pgdata)
+    checked = _checked_url(pgdata)
+    if checked is not None:
+        return checked
     try:
         with processes.locked(pgdata):
-            return _start(pgdata)
+            url = _start(pgdata)
+            server = processes.postmaster(pgdata)
+            if server is not None:
+                with contextlib.suppress(OSError):
+                    processes.write_private(
+                        pgdata / _CHECKED_FILE, _stamp(server), processes.server_account()
+                    )
+            return url
     except (OSError, subprocess.SubprocessError) as exc:
         raise _unusable(pgdata, exc) from exc
 

@@ -10,7 +10,9 @@ Command line: ``python -m llama_index_crab.store.migrate {upgrade,downgrade,curr
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +28,17 @@ from .schema import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX, VERSION_TABLE
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["check", "check_pgvector", "current", "downgrade", "head", "include_object", "upgrade"]
+__all__ = [
+    "alembic_head",
+    "check",
+    "check_pgvector",
+    "current",
+    "downgrade",
+    "ensure_current",
+    "head",
+    "include_object",
+    "upgrade",
+]
 
 
 def migrations_dir() -> Path:
@@ -94,19 +106,58 @@ def _known_revision(revision: str) -> Iterator[None]:
         ) from exc
 
 
+def ensure_current(url_or_engine: str | sa.URL | sa.Engine) -> None:
+    """Migrate to the newest revision unless the database is there already: one query
+    (and no Alembic import) in the common case."""
+    with transaction(url_or_engine) as connection:
+        if current(connection) == head():
+            return
+    upgrade(url_or_engine)
+
+
 def current(url_or_engine: str | sa.URL | sa.Engine | sa.Connection) -> str | None:
     """The revision the database is at, or ``None`` when it was never migrated."""
-    from alembic.runtime.migration import MigrationContext
+    if not isinstance(url_or_engine, sa.Connection):
+        with transaction(url_or_engine) as connection:
+            return current(connection)
+    table = url_or_engine.scalar(sa.text("SELECT to_regclass(:name)"), {"name": VERSION_TABLE})
+    if table is None:
+        return None
+    rows = url_or_engine.scalars(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    if len(rows) <= 1:
+        return str(rows[0]) if rows else None
+    from alembic.runtime.migration import MigrationContext  # several heads: Alembic says
 
-    if isinstance(url_or_engine, sa.Connection):
-        context = MigrationContext.configure(url_or_engine, opts={"version_table": VERSION_TABLE})
-        return context.get_current_revision()
-    with transaction(url_or_engine) as connection:
-        return current(connection)
+    context = MigrationContext.configure(url_or_engine, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
 
 
+_REVISION = re.compile(r"""^revision(?:\s*:[^=]+)?\s*=\s*["']([^"']+)["']""", re.M)
+_DOWN_REVISION = re.compile(
+    r"""^down_revision(?:\s*:[^=]+)?\s*=\s*(?:None|["']([^"']+)["'])""", re.M
+)
+
+
+@functools.cache
 def head() -> str:
-    """The newest revision shipped with the package."""
+    """The newest revision shipped with the package: read from the migration files (the
+    revision no other one follows), through Alembic only when they are not that simple."""
+    revisions: set[str] = set()
+    followed: set[str] = set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        text = path.read_text()
+        revision, down = _REVISION.search(text), _DOWN_REVISION.search(text)
+        if revision is None or down is None:
+            return alembic_head()
+        revisions.add(revision.group(1))
+        if down.group(1):
+            followed.add(down.group(1))
+    heads = revisions - followed
+    return heads.pop() if len(heads) == 1 else alembic_head()
+
+
+def alembic_head() -> str:
+    """The newest revision as Alembic's script directory gives it."""
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
