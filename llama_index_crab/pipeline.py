@@ -9,25 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llama_index.core.base.llms.types import ChatMessage, MessageRole
-from llama_index.core.schema import MetadataMode, NodeWithScore
-from llama_index.core.vector_stores.types import (
-    MetadataFilters,
-    VectorStoreQuery,
-)
-
 from .errors import ModelError
-from .models.embedding import LlamaCppEmbedding
-from .models.rerank import LlamaCppRerank
 from .store.modes import DEFAULT_MODE, HYBRID_DEPTH, check_mode, store_mode
 
+# LlamaIndex and the models load when first needed: `crab query` chooses and checks its
+# model and database with the functions here before (or without) paying for them.
 if TYPE_CHECKING:
     from llama_index.core import VectorStoreIndex
     from llama_index.core.query_engine import RetrieverQueryEngine
     from llama_index.core.retrievers import BaseRetriever
+    from llama_index.core.schema import NodeWithScore
+    from llama_index.core.vector_stores.types import MetadataFilters
 
     from .ingest.local import IngestReport, Progress
     from .models.chat import LlamaCppChat
+    from .models.embedding import LlamaCppEmbedding
+    from .models.rerank import LlamaCppRerank
     from .store.vector_store import PostgresVectorStore
 
 __all__ = [
@@ -350,6 +347,9 @@ class Pipeline:
             vector = self.embed_model.get_query_embedding(text)
             timings["embed"] = time.perf_counter() - start
         start = time.perf_counter()
+        from llama_index.core.schema import NodeWithScore
+        from llama_index.core.vector_stores.types import VectorStoreQuery
+
         query = VectorStoreQuery(
             query_embedding=list(vector) if vector is not None else None,
             query_str=text,
@@ -388,6 +388,9 @@ class Pipeline:
 
             quotes = extract_answer(question, found.hits, self.embed_model, self.reranker)
             return found, iter([format_answer(quotes)])
+        from llama_index.core.base.llms.types import ChatMessage, MessageRole
+        from llama_index.core.schema import MetadataMode
+
         sources = "\n\n".join(
             f"[{i}] {source_name(h)}\n{h.node.get_content(metadata_mode=MetadataMode.NONE)}"
             for i, h in enumerate(found.hits, 1)
@@ -497,6 +500,8 @@ def build_pipeline(
     models loaded here to a GPU (-1: all layers; a CPU build ignores it).
     ``rerank_weights`` chooses the reranker's weights (see ``LlamaCppRerank``).
     """
+    from .models.embedding import LlamaCppEmbedding
+    from .models.rerank import LlamaCppRerank
     from .store.vector_store import PostgresVectorStore
 
     url = resolve_database_url(database_url)

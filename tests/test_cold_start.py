@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,70 @@ def test_current_and_ensure_current_agree_with_alembic(empty_database: str) -> N
     assert migrate.current(empty_database) == "0002"
     migrate.ensure_current(empty_database)
     assert migrate.current(empty_database) == migrate.head()
+
+
+@pytest.fixture(scope="module")
+def small_collection(database_url: str) -> Iterator[tuple[str, str]]:
+    """A collection of three corpus files embedded with the bundled q8_0 model."""
+    from llama_index_crab import build_pipeline
+
+    name = f"quick_{os.getpid()}"
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "corpus" / "python-reference"
+    pipe = build_pipeline(str(EMBEDDER_Q8), database_url=database_url, collection=name)
+    pipe.ingest([corpus / f"{topic}.md" for topic in ("try", "raise", "with")])
+    pipe.close()
+    yield database_url, name
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dense", "text"])
+def test_quick_query_prints_what_the_pipeline_prints(
+    small_collection: tuple[str, str], mode: str
+) -> None:
+    from llama_index_crab import build_pipeline
+    from llama_index_crab.cli.quick import quick_query
+    from llama_index_crab.pipeline import query_json
+
+    url, name = small_collection
+    question = "How do I catch an exception?"
+    opts = {
+        "database_url": url,
+        "collection": name,
+        "embed_model": str(EMBEDDER_Q8),
+        "rerank_model": None,
+        "no_rerank": False,
+        "read_urls": (),
+        "n_gpu_layers": 0,
+        "mode": mode,
+        "top_k": None,
+        "top_n": 4,
+    }
+    quick = quick_query(question, opts, ())
+    pipe = build_pipeline(str(EMBEDDER_Q8), database_url=url, collection=name, rerank=False)
+    full = query_json(question, pipe.search(question, mode=mode, top_n=4), pipe)
+    pipe.close()
+    assert quick is not None
+    assert quick["results"] == full["results"] and len(full["results"]) == 4
+    assert quick["stages"] == full["stages"]
+    assert quick["timings_ms"].keys() == full["timings_ms"].keys()
+
+
+def test_quick_query_leaves_other_cases_to_the_pipeline(small_collection: tuple[str, str]) -> None:
+    from llama_index_crab.cli.quick import quick_query
+
+    url, name = small_collection
+    base = {
+        "database_url": url,
+        "collection": name,
+        "embed_model": str(EMBEDDER_Q8),
+        "rerank_model": None,
+        "no_rerank": False,
+        "read_urls": (),
+        "n_gpu_layers": 0,
+        "mode": "hybrid",
+        "top_k": None,
+        "top_n": 2,
+    }
+    assert quick_query("q", base | {"rerank_model": str(RERANKER_Q8)}, ()) is None
+    assert quick_query("q", base, ("file_path=try.md",)) is None
+    assert quick_query("q", base | {"collection": "no_such_collection"}, ()) is None
+    assert quick_query("q", base | {"embed_model": str(EMBEDDER_BF16)}, ()) is None  # not its model

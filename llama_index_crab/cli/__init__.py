@@ -468,6 +468,10 @@ def query(text: str, as_json: bool, filters: tuple[str, ...], **opts: Any) -> No
     request = _request(opts, filters)
     out = _served("/query", None if request is None else {"query": text, **request}, opts)
     if out is None:
+        from .quick import quick_query
+
+        out = quick_query(text, opts, filters)
+    if out is None:
         from ..pipeline import query_json
 
         pipe = _pipeline(opts, create=False, rerank=not opts["no_rerank"])

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -286,7 +287,20 @@ def _checked_url(pgdata: Path) -> str | None:
     password = _password(pgdata)
     if password is None or server.listen_addresses or stamp != _stamp(server):
         return None
+    folders = {server.socket_dir, server.socket_dir.parent} - {pgdata.parent}
+    try:
+        owner = pgdata.stat().st_uid
+        if any(not _private(folder, owner) for folder in folders):
+            return None  # the full start says what is wrong
+    except OSError:
+        return None
     return _url(server.socket_dir, password)
+
+
+def _private(folder: Path, owner: int) -> bool:
+    """Whether ``folder`` is still 0700 and ``owner``'s, as ``_start`` left it."""
+    st = folder.stat()
+    return st.st_uid == owner and stat.S_IMODE(st.st_mode) == 0o700
 
 
 def start(pgdata: Path | None = None) -> str:

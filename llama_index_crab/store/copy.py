@@ -8,15 +8,17 @@ import math
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
-from llama_index.core.schema import BaseNode, MetadataMode
 from pydantic_core import PydanticSerializationError
 
 from ..errors import VectorValueError
 from .schema import nodes, staging
+
+if TYPE_CHECKING:  # LlamaIndex loads when nodes are written, not to read a collection
+    from llama_index.core.schema import BaseNode
 
 NORM_TOLERANCE = 1e-3
 # Rows per COPY + upsert round trip: small enough that encoding the next payload overlaps
@@ -220,6 +222,8 @@ def node_columns(node: BaseNode) -> tuple[str, str]:
 
 def encode_row(node: BaseNode, vector: bytes) -> bytes:
     """One row of the staging COPY, or a ValueError naming what PostgreSQL cannot store."""
+    from llama_index.core.schema import MetadataMode
+
     text = node.get_content(metadata_mode=MetadataMode.NONE)
     ref = node.ref_doc_id
     try:

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import sqlalchemy as sa
-from llama_index.core.vector_stores.types import MetadataFilters
 from pgvector.sqlalchemy import VECTOR
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.sql.elements import ColumnElement
 
 from .collections import Collection
-from .filters import to_clause
 from .schema import nodes
+
+if TYPE_CHECKING:
+    from llama_index.core.vector_stores.types import MetadataFilters
 
 # node id, text, metadata (with ``_node_content``), score
 Hit = tuple[str, str, dict[str, Any], float]
@@ -39,6 +40,8 @@ def where(
         nodes.c.collection_id == sa.literal_column(str(int(collection.id)))
     ]
     if filters is not None and filters.filters:
+        from .filters import to_clause  # LlamaIndex's filter types: loaded only for filters
+
         parts.append(to_clause(filters, nodes.c.metadata))
     if node_ids is not None:
         parts.append(nodes.c.node_id.in_(list(node_ids)))
