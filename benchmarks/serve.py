@@ -40,8 +40,12 @@ def _env(repo: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(repo)}
 
 
-def cold_query(repo: Path, *extra: str) -> tuple[float, str]:
-    """Wall seconds of one `crab query` process from ``repo``, and its stderr."""
+def cold_query(repo: Path, *extra: str) -> tuple[float, float, str]:
+    """Wall and CPU seconds (user + system) of one `crab query` process from ``repo``, and
+    its stderr. On a shared machine the CPU seconds move less than the wall time."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         [CRAB, "query", QUESTION, "--top-n", "3", *extra],
@@ -51,9 +55,11 @@ def cold_query(repo: Path, *extra: str) -> tuple[float, str]:
         timeout=300,
     )
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
     if done.returncode != 0:
         raise RuntimeError(f"crab query failed ({repo}): {done.stderr.strip()}")
-    return seconds, done.stderr
+    return seconds, cpu, done.stderr
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -138,49 +144,54 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--texts", type=int, default=640)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the embeddings test")
     args = parser.parse_args(argv)
     here = ROOT
     out: list[str] = []
 
     # 1. cold `crab query`, interleaved with the older checkout
-    times: dict[str, list[float]] = {"after": []}
+    times: dict[str, list[tuple[float, float]]] = {"after": []}
     if args.before:
         times["before"] = []
     for r in range(args.runs):
         names = list(times) if r % 2 == 0 else list(reversed(times))
         for name in names:
-            repo = here if name == "after" else args.before
-            seconds, _ = cold_query(repo, "--no-serve") if name == "after" else cold_query(repo)
-            times[name].append(seconds)
-            print(f"  cold {name} run {r + 1}: {seconds:.2f} s", file=sys.stderr)
+            if name == "after":
+                wall, cpu, _ = cold_query(here, "--no-serve")
+            else:
+                wall, cpu, _ = cold_query(args.before)
+            times[name].append((wall, cpu))
+            print(f"  cold {name} run {r + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr)
 
     process, url = start_server(here)
     try:
-        via = []
+        times["served"] = []
         for _ in range(args.runs):
-            seconds, err = cold_query(here)
+            wall, cpu, err = cold_query(here)
             if "crab serve" not in err:
                 raise RuntimeError(f"crab query did not use the server: {err}")
-            via.append(seconds)
+            times["served"].append((wall, cpu))
+        labels = {
+            "before": "before (in-process)",
+            "after": "after, in-process (`--no-serve`)",
+            "served": "after, answered by a running `crab serve`",
+        }
         out.append(
-            '| `crab query "How do I catch an exception?" --top-n 3`, new process | median of '
-            f"{args.runs} | runs |"
+            '| `crab query "How do I catch an exception?" --top-n 3`, a new process '
+            f"| wall, median of {args.runs} | CPU (user+sys), median | wall of each run |"
         )
-        out.append("|---|---:|---|")
-        for name, values in times.items():
-            label = (
-                "before (in-process)" if name == "before" else "after (in-process, `--no-serve`)"
-            )
+        out.append("|---|---:|---:|---|")
+        for name in ("before", "after", "served"):
+            if name not in times:
+                continue
+            walls = [w for w, _ in times[name]]
+            cpus = [c for _, c in times[name]]
             out.append(
-                f"| {label} | {statistics.median(values):.2f} s | "
-                + ", ".join(f"{v:.2f}" for v in values)
+                f"| {labels[name]} | {statistics.median(walls):.2f} s "
+                f"| {statistics.median(cpus):.2f} s | "
+                + ", ".join(f"{w:.2f}" for w in walls)
                 + " |"
             )
-        out.append(
-            f"| after, answered by a running `crab serve` | {statistics.median(via):.2f} s | "
-            + ", ".join(f"{v:.2f}" for v in via)
-            + " |"
-        )
 
         # 2. latency through the server
         lines = QUERIES.read_text().splitlines()
@@ -222,14 +233,15 @@ def main(argv: list[str] | None = None) -> None:
             "`/v1/embeddings`, 32 per request, 1 client": lambda: served_embeddings(url, texts, 1),
             "`/v1/embeddings`, 32 per request, 8 clients": lambda: served_embeddings(url, texts, 8),
         }
-        for r in range(3):
+        for r in range(args.rounds):
             names = list(alternatives) if r % 2 == 0 else list(reversed(alternatives))
             for name in names:
                 rates.setdefault(name, []).append(alternatives[name]())
         model.close()
         out.append("")
         out.append(
-            f"| embeddings, {len(texts)} corpus paragraphs (40-300 tokens) | texts/s (best of 3) |"
+            f"| embeddings, {len(texts)} corpus paragraphs (40-300 tokens) "
+            f"| texts/s (best of {args.rounds}) |"
         )
         out.append("|---|---:|")
         for name, values in rates.items():

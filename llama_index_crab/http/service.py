@@ -79,7 +79,12 @@ class Service:
         self.embed_model.embed(["warm up"])
         if self.reranker is not None:
             self.reranker.score("warm up", ["warm up"])
-        self.pipeline.search("warm up", top_n=1)
+        from ..errors import CollectionNotFoundError
+
+        try:
+            self.pipeline.search("warm up", top_n=1)
+        except CollectionNotFoundError:
+            pass  # embeddings and reranking work without one; /query says what to do
 
     # -- batched model calls (on the batchers' threads) -------------------------------------
 
