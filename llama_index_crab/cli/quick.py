@@ -42,6 +42,10 @@ def quick_query(text: str, opts: dict[str, Any], filters: tuple[str, ...]) -> di
                 collection = get_collection(connection, opts["collection"])
             except (SchemaError, CollectionNotFoundError):
                 return None  # the pipeline says what to do
+            terms = sa.text("SELECT numnode(plainto_tsquery(CAST(:config AS regconfig), :text))")
+            config = collection.text_search_config
+            if not connection.scalar(terms, {"config": config, "text": text}):
+                return None  # only stop words: the pipeline says there is nothing to search
             model = opts["embed_model"] or default_embed_model(collection.identity.model)
             found = _embed(text, model, collection, opts["mode"], opts["n_gpu_layers"])
             if found is None:
