@@ -86,14 +86,19 @@ def _embed(text: str, model: str, collection: Any, mode: str, n_gpu_layers: int)
     from ..models.runtime import GpuOptions, LlamaRunner
     from ..store.collections import EmbeddingIdentity
 
-    path = resolve_model_path(model)
+    from ..models.weights import model_file
+    from ..pipeline import recorded_weights
+
+    # The file build_pipeline's embedder loads, and the one its identity names.
+    source = resolve_model_path(model)
+    path = model_file(source, recorded_weights(model))
     meta = read_metadata(path)
     declared = gguf_pooling(path)
     if declared in ("none", "rank"):
         return None  # token-level or a cross-encoder: the model class explains
     pooling = declared or "mean"
     dimension = int(str(meta[f"{meta['general.architecture']}.embedding_length"]))
-    ours = EmbeddingIdentity(file_identity(path), dimension, pooling)
+    ours = EmbeddingIdentity(file_identity(source), dimension, pooling)
     recorded = collection.identity
     if ours.model_key != recorded.model_key or (dimension, pooling, "", "") != (
         recorded.dimension,
