@@ -84,10 +84,9 @@ def _embed(text: str, model: str, collection: Any, mode: str, n_gpu_layers: int)
 
     from ..models.gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
     from ..models.runtime import GpuOptions, LlamaRunner
-    from ..store.collections import EmbeddingIdentity
-
     from ..models.weights import model_file
     from ..pipeline import recorded_weights
+    from ..store.collections import EmbeddingIdentity
 
     # The file build_pipeline's embedder loads, and the one its identity names.
     source = resolve_model_path(model)
