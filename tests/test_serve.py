@@ -113,7 +113,7 @@ def test_openai_client_gets_our_vectors(server: Server) -> None:
     as_float = client.embeddings.create(
         model="all-MiniLM-L6-v2", input=texts, encoding_format="float"
     )
-    with LlamaCppEmbedding(str(EMBEDDER_Q8)) as model:
+    with LlamaCppEmbedding(str(EMBEDDER_Q8), weights="file") as model:  # as the server loads it
         expected = model.embed(texts)
     for vectors in (got, as_float):
         assert [d.index for d in vectors.data] == [0, 1, 2]
