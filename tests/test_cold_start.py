@@ -26,24 +26,6 @@ def test_the_command_line_imports_no_model_or_llamaindex() -> None:
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("path", [EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8], ids=lambda p: p.name)
-def test_header_reader_gives_what_gguf_reader_gives(path: Path) -> None:
-    from gguf import GGUFReader, GGUFValueType
-
-    reader = GGUFReader(path)
-    expected: dict[str, object] = {}
-    for key, field in reader.fields.items():
-        if not field.types or field.types[0] == GGUFValueType.ARRAY:
-            continue
-        value = field.parts[field.data[0]]
-        if field.types[0] == GGUFValueType.STRING:
-            expected[key] = bytes(value).decode("utf-8", "replace")
-        else:
-            expected[key] = value.tolist()[0]
-    assert gguf.read_metadata(path) == expected
-    assert gguf.tensor_names(path) == frozenset(t.name for t in reader.tensors)
-
-
 def test_a_cut_header_is_a_damaged_file(tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(EMBEDDER_Q8.read_bytes()[:5000])
