@@ -15,6 +15,7 @@ import re
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 
 HERE = Path(__file__).parent
 PG_HTML = Path("/usr/share/doc/postgresql-doc-15/html")
@@ -24,12 +25,74 @@ PG_HTML = Path("/usr/share/doc/postgresql-doc-15/html")
 # embedding the set stays affordable on a CI machine.
 PG_DISTRACTORS = 100
 MAX_WORDS = 5000
-COMMANDS = (
-    "ls cp mv rm mkdir chmod chown ln df du find grep sed sort uniq cut tr head tail wc tar "
-    "gzip xz curl ssh date touch cat split diff ps kill dd tee xargs env nl paste join comm "
-    "stat readlink realpath mktemp timeout nice less dmesg free top zip unzip wget bzip2 shred "
-    "install base64 sha256sum fold fmt seq shuf numfmt truncate journalctl systemctl"
-).split()
+COMMANDS = [
+    "ls",
+    "cp",
+    "mv",
+    "rm",
+    "mkdir",
+    "chmod",
+    "chown",
+    "ln",
+    "df",
+    "du",
+    "find",
+    "grep",
+    "sed",
+    "sort",
+    "uniq",
+    "cut",
+    "tr",
+    "head",
+    "tail",
+    "wc",
+    "tar",
+    "gzip",
+    "xz",
+    "curl",
+    "ssh",
+    "date",
+    "touch",
+    "cat",
+    "split",
+    "diff",
+    "ps",
+    "kill",
+    "dd",
+    "tee",
+    "xargs",
+    "env",
+    "nl",
+    "paste",
+    "join",
+    "comm",
+    "stat",
+    "readlink",
+    "realpath",
+    "mktemp",
+    "timeout",
+    "nice",
+    "less",
+    "dmesg",
+    "free",
+    "top",
+    "zip",
+    "unzip",
+    "wget",
+    "bzip2",
+    "shred",
+    "install",
+    "base64",
+    "sha256sum",
+    "fold",
+    "fmt",
+    "seq",
+    "shuf",
+    "numfmt",
+    "truncate",
+    "journalctl",
+    "systemctl",
+]
 
 
 def _norm(text: str) -> str:
@@ -40,7 +103,20 @@ class _Html(HTMLParser):
     """DocBook HTML to Markdown-ish text: headings, paragraphs, verbatim <pre>; navigation
     bars and tables of contents dropped."""
 
-    BLOCK = {"p", "div", "pre", "li", "dt", "dd", "tr", "table", "dl", "ul", "ol", "br"}
+    BLOCK: ClassVar[set[str]] = {
+        "p",
+        "div",
+        "pre",
+        "li",
+        "dt",
+        "dd",
+        "tr",
+        "table",
+        "dl",
+        "ul",
+        "ol",
+        "br",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -168,7 +244,9 @@ def man_options(command: str) -> list[dict[str, str]]:
         n = seen[key] = seen.get(key, -1) + 1
         title = f"{command} {flag}"
         text = f"# {title}\n\n{command} - {what}\n\n" + "\n\n".join(paragraphs) + "\n"
-        rows.append({"_id": f"{command}-{key}{f'-{n}' if n else ''}.md", "title": title, "text": text})
+        rows.append(
+            {"_id": f"{command}-{key}{f'-{n}' if n else ''}.md", "title": title, "text": text}
+        )
     return rows
 
 
@@ -183,7 +261,9 @@ def _sentence(text: str, phrase: str) -> str:
     return flat[start : end + 1 if end >= 0 else len(flat)].strip()
 
 
-def write_set(folder: Path, corpus: list[dict[str, str]], questions: list[dict[str, object]]) -> None:
+def write_set(
+    folder: Path, corpus: list[dict[str, str]], questions: list[dict[str, object]]
+) -> None:
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
     with (folder / "corpus.jsonl").open("w") as fh:
         for doc in corpus:
@@ -212,8 +292,13 @@ def build_postgresql(folder: Path = HERE / "postgresql-manual-qa") -> None:
         same = {d for d, p in pages.items() if passage in _norm(p["text"])}
         relevant = {answer, *others} | same
         questions.append(
-            {"_id": f"q{i:03d}", "text": text, "answer_file": answer, "answer_passage": passage,
-             "relevant": relevant}
+            {
+                "_id": f"q{i:03d}",
+                "text": text,
+                "answer_file": answer,
+                "answer_passage": passage,
+                "relevant": relevant,
+            }
         )
     needed = set().union(*(q["relevant"] for q in questions))  # type: ignore[arg-type]
     rest = sorted(set(pages) - needed)
@@ -228,8 +313,13 @@ def build_manpages(folder: Path = HERE / "manpage-options-qa") -> None:
     for i, (text, answer, *others) in enumerate(_questions(folder), 1):
         passage = _norm(docs[answer]["text"].split("\n\n", 2)[2])
         questions.append(
-            {"_id": f"q{i:03d}", "text": text, "answer_file": answer, "answer_passage": passage,
-             "relevant": {answer, *others}}
+            {
+                "_id": f"q{i:03d}",
+                "text": text,
+                "answer_file": answer,
+                "answer_passage": passage,
+                "relevant": {answer, *others},
+            }
         )
     write_set(folder, corpus, questions)
 
