@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _models import EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8
 
-from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank, ModelError
+from llama_index_crab import LlamaCppEmbedding, ModelError
 from llama_index_crab.models.gguf import file_identity
 from llama_index_crab.models.gguf import file_sha256 as sha256
 from llama_index_crab.models.weights import ALL_F32, f32_copy, file_type
@@ -78,17 +78,26 @@ def test_a_loaded_llama_has_no_copy() -> None:
         llm.close()
 
 
-def test_unsupported_weight_types_are_refused(tmp_path: Path) -> None:
+def test_any_quantization_widens_to_float32_and_bf16_copies_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import llama_cpp
 
+    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path / "cache"))
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
-    q4 = tmp_path / "toy-q4_0.gguf"
-    src = RERANKER_Q8
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
     params.allow_requantize = True
-    assert llama_cpp.llama_model_quantize(str(src).encode(), str(q4).encode(), params) == 0
+    q4 = tmp_path / "minilm-q4_k_m.gguf"
+    assert (
+        llama_cpp.llama_model_quantize(str(EMBEDDER_BF16).encode(), str(q4).encode(), params) == 0
+    )
+    texts = ["a widened q4_k_m model computes what the file does", "crabs"]
+    with LlamaCppEmbedding(q4, weights="file") as own, LlamaCppEmbedding(q4, weights="f32") as wide:
+        assert Path(wide.model_path).name.endswith("-f32.gguf")
+        a, b = np.array(own.embed(texts)), np.array(wide.embed(texts))
+    assert min(float(x @ y) for x, y in zip(a, b)) >= 0.999  # float32 activations, same weights
     with pytest.raises(ModelError, match="weights='file'"):
-        LlamaCppRerank(q4, weights="f32")
+        LlamaCppEmbedding(q4, weights="bf16").embed(["x"])
 
 
 def test_a_cache_path_that_is_a_file_says_what_to_do(

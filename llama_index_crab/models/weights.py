@@ -40,12 +40,15 @@ __all__ = [
 ]
 
 WEIGHTS = ("auto", "file", "f32", "bf16")
-# general.file_type values (llama_ftype): what widens exactly to float32, what rounds to bf16.
+# general.file_type values (llama_ftype). Every weight type llama.cpp loads dequantizes
+# exactly to float32; bf16 copies are made of the types that round to it within parity.
 ALL_F32, MOSTLY_BF16 = 0, 32
-WIDENABLE = {1: "f16", 7: "q8_0", 32: "bf16"}
+WIDENABLE = {1: "f16", 7: "q8_0", 32: "bf16"}  # the types auto times a float32 copy of
 TO_BF16 = {0: "f32", 1: "f16", 7: "q8_0"}
-# Bytes per weight of each source type, to size a copy before making it.
+# Bytes per weight of each source type, to size a copy before making it (other quantized
+# types: at least half a byte).
 _BYTES = {0: 4.0, 1: 2.0, 7: 34 / 32, 32: 2.0}
+_SMALLEST_BYTES = 0.5
 COPY_LIMIT_ENV = "CRAB_WEIGHTS_COPY_LIMIT_MB"
 COPY_LIMIT_MB = 1024
 # A copy is chosen over the file only when it is clearly faster (timings wobble by a few %).
@@ -122,7 +125,7 @@ def copy(path: Path, kind: str, cache: Path | None = None) -> Path:
     target, sources = (ALL_F32, WIDENABLE) if kind == "f32" else (MOSTLY_BF16, TO_BF16)
     if ftype == target:
         return path
-    if ftype not in sources:
+    if kind == "bf16" and ftype not in sources:
         raise ModelError(
             f"{path.name} has weight type {ftype} (llama_ftype); {kind} copies are made of "
             f"{', '.join(sources.values())} files only; {_USE_FILE}"
@@ -210,7 +213,11 @@ def candidates(path: Path) -> tuple[dict[str, Path], dict[str, str]]:
     limit = copy_limit()
     for kind in kinds:
         dst = _copy_path(path, kind)
-        size = path.stat().st_size / _BYTES.get(ftype or 0, 4.0) * (4 if kind == "f32" else 2)
+        size = (
+            path.stat().st_size
+            / _BYTES.get(ftype or 0, _SMALLEST_BYTES)
+            * (4 if kind == "f32" else 2)
+        )
         if dst.exists() or size <= limit:
             found[kind] = copy(path, kind)
         else:
