@@ -71,13 +71,7 @@ def paragraph_baseline(
             owners.append(doc_id)
             texts.append(piece)
     matrix = embed_model.embed(texts, prefix=embed_model.text_prefix)
-    ids = list(queries)
-    asked = embed_model.embed([queries[q] for q in ids], prefix=embed_model.query_prefix)
-    runs: dict[str, list[str]] = {}
-    for qid, scores in zip(ids, asked @ matrix.T):
-        order = np.argsort(-scores, kind="stable")
-        runs[qid] = list(dict.fromkeys(owners[i] for i in order[:top]))
-    return runs
+    return _ranked(owners, matrix, queries, embed_model, top)
 
 
 def whole_baseline(
@@ -95,7 +89,22 @@ def whole_baseline(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)  # cutting is the point here
         matrix = embed_model.embed([corpus[d] for d in ids], prefix=embed_model.text_prefix)
-    qids = list(queries)
-    asked = embed_model.embed([queries[q] for q in qids], prefix=embed_model.query_prefix)
-    order = np.argsort(-(asked @ matrix.T), axis=1, kind="stable")[:, :top]
-    return {q: [ids[i] for i in row] for q, row in zip(qids, order)}
+    return _ranked(ids, matrix, queries, embed_model, top)
+
+
+def _ranked(
+    owners: list[str],
+    matrix: np.ndarray,
+    queries: Mapping[str, str],
+    embed_model: LlamaCppEmbedding,
+    top: int,
+) -> dict[str, list[str]]:
+    """Each query's documents, best first: by the best of their rows of ``matrix`` among the
+    ``top`` nearest rows (``owners[i]`` is row i's document)."""
+    ids = list(queries)
+    asked = embed_model.embed([queries[q] for q in ids], prefix=embed_model.query_prefix)
+    runs: dict[str, list[str]] = {}
+    for qid, scores in zip(ids, asked @ matrix.T):
+        order = np.argsort(-scores, kind="stable")
+        runs[qid] = list(dict.fromkeys(owners[i] for i in order[:top]))
+    return runs
