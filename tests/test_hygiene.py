@@ -67,9 +67,11 @@ def test_store_cycles_leak_no_connections(
             with PostgresVectorStore(database_url, collection_name, IDENTITY) as store:
                 assert len(store.query(query).ids or []) == 1
         if cycle % 250 == 249:
-            assert _backends(watcher, database) == before, f"after {cycle + 1} cycles"
+            # <=: a connection an earlier test left (a crab process exiting) may close
+            # meanwhile; a leak shows as growth
+            assert _backends(watcher, database) <= before, f"after {cycle + 1} cycles"
     print(f"{STORE_CYCLES} store cycles in {time.perf_counter() - started:.1f}s")
-    assert _backends(watcher, database) == before
+    assert _backends(watcher, database) <= before
     watcher.dispose()
 
 

@@ -93,8 +93,21 @@ def _passage_sentences(passage: str) -> list[str]:
     return [p for p in parts if len(p) >= 25]
 
 
-def _quotes(answer: str) -> list[tuple[str, int]]:
-    return [(_normal(text), int(n)) for text, n in re.findall(r"(.+?) \[(\d+)\](?: |$)", answer)]
+def _quotes(answer: str, sources: dict[int, dict[str, Any]]) -> list[tuple[str, int]]:
+    """``(quote, n)`` pairs of an answer. A quote may itself hold a bracketed number (a
+    footnote mark of the documentation, e.g. ``Exponentiation [5]``): a piece that is not in
+    its source is joined to the next one."""
+    parts = re.split(r" \[(\d+)\](?: |$)", answer)
+    quotes, pending = [], ""
+    for i in range(0, len(parts) - 1, 2):
+        text, n = pending + parts[i], int(parts[i + 1])
+        inside = n in sources and _normal(text) in _normal(sources[n]["text"])
+        if not inside and i + 3 < len(parts):
+            pending = f"{text} [{n}] "
+            continue
+        quotes.append((_normal(text), n))
+        pending = ""
+    return quotes
 
 
 def test_crab_ask_quotes_and_cites_an_answering_passage(
@@ -103,9 +116,9 @@ def test_crab_ask_quotes_and_cites_an_answering_passage(
     good = 0
     for qid, question in labelled.queries.items():
         out = _cli_json(ingested, "ask", question)
-        quotes = _quotes(out["answer"])
-        assert quotes, out["answer"]
         sources = {row["n"]: row for row in out["sources"]}
+        quotes = _quotes(out["answer"], sources)
+        assert quotes, out["answer"]
         wanted = _passage_sentences(labelled.extra[qid]["answer_passage"])
         for text, n in quotes:
             assert text in _normal(sources[n]["text"]), "every quote comes from its source"
