@@ -61,7 +61,7 @@ def test_step_by_step_down_and_up(empty_database: str) -> None:
     assert migrate.current(empty_database) == "0001"
     assert not TABLES & _tables(empty_database)
     migrate.upgrade(empty_database, "head")
-    for revision in ("0004", "0003", "0002", "0001"):
+    for revision in ("0005", "0004", "0003", "0002", "0001"):
         migrate.downgrade(empty_database, "-1")
         assert migrate.current(empty_database) == revision
 

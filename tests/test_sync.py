@@ -15,185 +15,124 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from _models import EMBEDDER_Q8
+from _sync import MODEL, Synced, embedder, synced, table
+from _sync import docs as _docs
+from _sync import drain as _drain
+from _sync import new_store as _store
+from _sync import run as _sql
 
 from llama_index_crab import LlamaCppEmbedding, PostgresVectorStore
 from llama_index_crab.errors import StoreError
 from llama_index_crab.store import migrate
 from llama_index_crab.store.db import to_url
-from llama_index_crab.sync import Worker, backfill, sync_status, unvectorize, vectorize
+from llama_index_crab.sync import backfill, sync_status, unvectorize, vectorize
+
+__all__ = ["embedder", "synced", "table"]  # the shared fixtures, used by name
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL = str(EMBEDDER_Q8)
 
 
-@pytest.fixture(scope="module")
-def embedder() -> Iterator[LlamaCppEmbedding]:
-    with LlamaCppEmbedding(EMBEDDER_Q8) as model:
-        yield model
+def test_insert_update_delete_truncate_reach_the_collection(synced: Synced) -> None:
+    t = synced.table
+    synced.sql(f"INSERT INTO {t} VALUES (1, 'the printer is on fire', 'fire', 1)")
+    synced.declare(metadata=["title"])
+    synced.drain()
+    assert synced.docs() == {f"{t}:1": ["the printer is on fire"]}
 
-
-@pytest.fixture
-def table(engine: sa.Engine) -> Iterator[str]:
-    name = f"tickets_{uuid.uuid4().hex[:8]}"
-    with engine.begin() as connection:
-        connection.execute(
-            sa.text(f"CREATE TABLE {name} (id int PRIMARY KEY, body text, title text, n int)")
-        )
-    yield name
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"DROP TABLE IF EXISTS {name}"))
-
-
-def _store(
-    url: str, name: str, embedder: LlamaCppEmbedding, *, index: bool = True
-) -> PostgresVectorStore:
-    store = PostgresVectorStore(url, name, identity=embedder.identity())
-    store.create_collection(exist_ok=True, index=index)
-    return store
-
-
-def _sql(engine: sa.Engine, statement: str, **params: Any) -> list[Any]:
-    with engine.begin() as connection:
-        result = connection.execute(sa.text(statement), params)
-        return result.all() if result.returns_rows else []
-
-
-def _docs(engine: sa.Engine, collection: str) -> dict[str, list[str]]:
-    rows = _sql(
-        engine,
-        "SELECT n.ref_doc_id, n.text FROM crab_nodes n JOIN crab_collections c "
-        "ON c.id = n.collection_id WHERE c.name = :c ORDER BY n.ref_doc_id, n.node_id",
-        c=collection,
-    )
-    out: dict[str, list[str]] = {}
-    for ref, text in rows:
-        out.setdefault(ref, []).append(text)
-    return out
-
-
-def _drain(url: str, collection: str, **options: Any) -> Any:
-    worker = Worker(url, [collection], retry_seconds=0.05, **options)
-    try:
-        return worker.run(once=True)
-    finally:
-        worker.close()
-
-
-def test_insert_update_delete_truncate_reach_the_collection(
-    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
-) -> None:
-    _sql(engine, f"INSERT INTO {table} VALUES (1, 'the printer is on fire', 'fire', 1)")
-    store = _store(database_url, collection_name, embedder)
-    vectorize(store, table, column="body", metadata=["title"], embed_model=MODEL)
-    _drain(database_url, collection_name)
-    assert _docs(engine, collection_name) == {f"{table}:1": ["the printer is on fire"]}
-
-    _sql(engine, f"INSERT INTO {table} VALUES (2, 'wifi drops every hour', 'wifi', 1)")
-    _sql(engine, f"UPDATE {table} SET body = 'the printer is fixed' WHERE id = 1")
-    _drain(database_url, collection_name)
-    assert _docs(engine, collection_name) == {
-        f"{table}:1": ["the printer is fixed"],
-        f"{table}:2": ["wifi drops every hour"],
+    synced.sql(f"INSERT INTO {t} VALUES (2, 'wifi drops every hour', 'wifi', 1)")
+    synced.sql(f"UPDATE {t} SET body = 'the printer is fixed' WHERE id = 1")
+    synced.drain()
+    assert synced.docs() == {
+        f"{t}:1": ["the printer is fixed"],
+        f"{t}:2": ["wifi drops every hour"],
     }
-    _sql(engine, f"DELETE FROM {table} WHERE id = 1")
-    _drain(database_url, collection_name)
-    assert list(_docs(engine, collection_name)) == [f"{table}:2"]
+    synced.sql(f"DELETE FROM {t} WHERE id = 1")
+    synced.drain()
+    assert list(synced.docs()) == [f"{t}:2"]
 
-    with engine.begin() as connection:
-        connection.execute(sa.text(f"TRUNCATE {table}"))
-        connection.execute(sa.text(f"INSERT INTO {table} VALUES (3, 'new after truncate', 'x', 1)"))
-    _drain(database_url, collection_name)
-    assert _docs(engine, collection_name) == {f"{table}:3": ["new after truncate"]}
+    with synced.engine.begin() as connection:
+        connection.execute(sa.text(f"TRUNCATE {t}"))
+        connection.execute(sa.text(f"INSERT INTO {t} VALUES (3, 'new after truncate', 'x', 1)"))
+    synced.drain()
+    assert synced.docs() == {f"{t}:3": ["new after truncate"]}
 
 
-def test_hits_carry_the_source_table_and_key(
-    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
-) -> None:
+def test_hits_carry_the_source_table_and_key(synced: Synced, embedder: LlamaCppEmbedding) -> None:
     from llama_index.core.vector_stores.types import VectorStoreQuery
 
-    _sql(engine, f"INSERT INTO {table} VALUES (7, 'reset my password', 'login', 1)")
-    store = _store(database_url, collection_name, embedder)
-    vectorize(store, table, column="body", metadata=["title"], embed_model=MODEL)
-    _drain(database_url, collection_name)
+    synced.sql(f"INSERT INTO {synced.table} VALUES (7, 'reset my password', 'login', 1)")
+    synced.declare(metadata=["title"])
+    synced.drain()
     query = VectorStoreQuery(query_embedding=embedder.get_query_embedding("password"))
-    hit = store.query(query).nodes[0]  # type: ignore[index]
-    assert hit.metadata["source_table"] == table
+    hit = synced.store.query(query).nodes[0]  # type: ignore[index]
+    assert hit.metadata["source_table"] == synced.table
     assert hit.metadata["source_key"] == {"id": 7}
     assert hit.metadata["title"] == "login"
 
 
-def test_unchanged_text_is_not_embedded_again_and_empty_text_is_skipped(
-    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
-) -> None:
-    _sql(engine, f"INSERT INTO {table} VALUES (1, 'a', 't', 1), (2, NULL, 't', 1), (3, '', 't', 1)")
-    store = _store(database_url, collection_name, embedder)
-    vectorize(store, table, column="body", metadata=["title"], embed_model=MODEL)
-    first = _drain(database_url, collection_name)
+def test_unchanged_text_is_not_embedded_again_and_empty_text_is_skipped(synced: Synced) -> None:
+    t = synced.table
+    synced.sql(f"INSERT INTO {t} VALUES (1, 'a', 't', 1), (2, NULL, 't', 1), (3, '', 't', 1)")
+    synced.declare(metadata=["title"])
+    first = synced.drain()
     assert (first.embedded, first.empty) == (1, 2)
-    _sql(engine, f"UPDATE {table} SET n = 2")  # not a watched column: nothing queued
-    assert sync_status(database_url, [collection_name])[0].queued == 0
-    _sql(engine, f"UPDATE {table} SET title = 'u' WHERE id = 1")  # metadata only
-    _sql(engine, f"UPDATE {table} SET body = body || '' WHERE id = 1")  # same text
-    again = _drain(database_url, collection_name)
+    synced.sql(f"UPDATE {t} SET n = 2")  # not a watched column: nothing queued
+    assert synced.status().queued == 0
+    synced.sql(f"UPDATE {t} SET title = 'u' WHERE id = 1")  # metadata only
+    synced.sql(f"UPDATE {t} SET body = body || '' WHERE id = 1")  # same text
+    again = synced.drain()
     assert (again.embedded, again.reused) == (0, 1)
-    _sql(engine, f"UPDATE {table} SET body = 'filled' WHERE id = 2")
-    assert _drain(database_url, collection_name).embedded == 1
-    assert set(_docs(engine, collection_name)) == {f"{table}:1", f"{table}:2"}
+    synced.sql(f"UPDATE {t} SET body = 'filled' WHERE id = 2")
+    assert synced.drain().embedded == 1
+    assert set(synced.docs()) == {f"{t}:1", f"{t}:2"}
 
 
-def test_a_table_without_primary_key_needs_a_unique_key(
-    database_url: str, engine: sa.Engine, collection_name: str, embedder: Any
-) -> None:
+def test_a_table_without_primary_key_needs_a_unique_key(synced: Synced) -> None:
     name = f"nokey_{uuid.uuid4().hex[:8]}"
-    _sql(engine, f'CREATE TABLE {name} ("Code" text, body text)')
-    store = _store(database_url, collection_name, embedder)
+    synced.sql(f'CREATE TABLE {name} ("Code" text, body text)')
+    store = synced.store
     try:
         with pytest.raises(ValueError, match="no primary key; name the column"):
             vectorize(store, name, column="body")
         with pytest.raises(ValueError, match="not covered by a unique index"):
             vectorize(store, name, column="body", key=["Code"])
-        _sql(engine, f'CREATE UNIQUE INDEX ON {name} ("Code")')
-        _sql(engine, f"INSERT INTO {name} VALUES ('a''b', 'quoted key')")
+        synced.sql(f'CREATE UNIQUE INDEX ON {name} ("Code")')
+        synced.sql(f"INSERT INTO {name} VALUES ('a''b', 'quoted key')")
         vectorize(store, name, column="body", key=["Code"], embed_model=MODEL)
-        _drain(database_url, collection_name)
-        assert _docs(engine, collection_name) == {f"{name}:a'b": ["quoted key"]}
+        synced.drain()
+        assert synced.docs() == {f"{name}:a'b": ["quoted key"]}
     finally:
-        _sql(engine, f"DROP TABLE {name}")
+        synced.sql(f"DROP TABLE {name}")
 
 
-def test_a_dropped_watched_column_is_a_recorded_error_not_a_crash(
-    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
-) -> None:
-    store = _store(database_url, collection_name, embedder)
-    vectorize(store, table, column="title", embed_model=MODEL)
-    _sql(engine, f"INSERT INTO {table} VALUES (1, 'b', 't', 1)")
-    _sql(engine, f"ALTER TABLE {table} RENAME COLUMN title TO heading")
-    report = _drain(database_url, collection_name)
+def test_a_dropped_watched_column_is_a_recorded_error_not_a_crash(synced: Synced) -> None:
+    t = synced.table
+    synced.declare(column="title")
+    synced.sql(f"INSERT INTO {t} VALUES (1, 'b', 't', 1)")
+    synced.sql(f"ALTER TABLE {t} RENAME COLUMN title TO heading")
+    report = synced.drain()
     assert report.failed >= 1 and report.done == 0
-    status = sync_status(database_url, [collection_name])[0]
+    status = synced.status()
     assert status.queued == 1 and status.failing == 1
     assert "has no column 'title'" in (status.source_error or "")
     assert "crab vectorize" in status.errors[0][1]
-    vectorize(store, table, column="heading", embed_model=MODEL)
+    synced.declare(column="heading")
     time.sleep(0.2)  # past the retry delay
-    _drain(database_url, collection_name)
-    assert _docs(engine, collection_name) == {f"{table}:1": ["t"]}
-    assert unvectorize(store, table)
-    _sql(engine, f"INSERT INTO {table} VALUES (2, 'b', 't', 1)")  # no trigger left
-    assert sync_status(database_url, [collection_name]) == []
+    synced.drain()
+    assert synced.docs() == {f"{t}:1": ["t"]}
+    assert unvectorize(synced.store, t)
+    synced.sql(f"INSERT INTO {t} VALUES (2, 'b', 't', 1)")  # no trigger left
+    assert sync_status(synced.url, [synced.collection]) == []
 
 
-def test_dropping_the_collection_removes_the_triggers(
-    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
-) -> None:
+def test_dropping_the_collection_removes_the_triggers(synced: Synced) -> None:
     from llama_index_crab import drop_collection
 
-    vectorize(_store(database_url, collection_name, embedder), table, column="body")
-    drop_collection(database_url, collection_name)
-    triggers = f"SELECT count(*) FROM pg_trigger WHERE tgrelid = '{table}'::regclass"
-    assert _sql(engine, triggers)[0][0] == 0
-    _sql(engine, f"INSERT INTO {table} VALUES (1, 'b', 't', 1)")
+    synced.declare()
+    drop_collection(synced.url, synced.collection)
+    triggers = f"SELECT count(*) FROM pg_trigger WHERE tgrelid = '{synced.table}'::regclass"
+    assert synced.sql(triggers)[0][0] == 0
+    synced.sql(f"INSERT INTO {synced.table} VALUES (1, 'b', 't', 1)")
 
 
 WORKER = """
@@ -228,7 +167,11 @@ def _queued(engine: sa.Engine) -> int:
 
 
 def test_three_workers_at_once_write_every_row_exactly_once(
-    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+    database_url: str,
+    engine: sa.Engine,
+    table: str,
+    collection_name: str,
+    embedder: LlamaCppEmbedding,
 ) -> None:
     rows = 10_000
     _fill(engine, table, rows)
@@ -251,7 +194,7 @@ def test_three_workers_at_once_write_every_row_exactly_once(
 
 
 def test_a_worker_killed_mid_batch_then_restarted_gives_the_same_rows(
-    database_url: str, engine: sa.Engine, table: str, embedder: Any
+    database_url: str, engine: sa.Engine, table: str, embedder: LlamaCppEmbedding
 ) -> None:
     rows = 1000
     _fill(engine, table, rows)
@@ -305,7 +248,11 @@ vectorize(store, sys.argv[3], column="body", backfill_rows=50)
 
 
 def test_a_backfill_killed_midway_resumes_without_gaps_or_duplicates(
-    database_url: str, engine: sa.Engine, table: str, collection_name: str, embedder: Any
+    database_url: str,
+    engine: sa.Engine,
+    table: str,
+    collection_name: str,
+    embedder: LlamaCppEmbedding,
 ) -> None:
     rows = 20_000
     _fill(engine, table, rows)
@@ -370,7 +317,7 @@ def managed(pg_server: str) -> Iterator[tuple[str, str, sa.Engine]]:
 
 
 def test_a_role_that_is_not_superuser_with_only_pgvector(
-    managed: tuple[str, str, sa.Engine], embedder: Any
+    managed: tuple[str, str, sa.Engine], embedder: LlamaCppEmbedding
 ) -> None:
     owner_url, app_url, _ = managed
     migrate.upgrade(owner_url)

@@ -24,6 +24,39 @@ def _columns(values: tuple[str, ...]) -> list[str]:
     return [c.strip() for value in values for c in value.split(",") if c.strip()]
 
 
+def _values(text: str) -> list[str]:
+    """``a,b`` -> ``["a", "b"]``; ``\\,`` is a comma inside a value."""
+    values, current, chars = [], "", iter(text)
+    for char in chars:
+        if char == "\\":
+            current += next(chars, "\\")
+        elif char == ",":
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    return [*values, current]
+
+
+def _where(
+    equal: tuple[str, ...], null: tuple[str, ...], option: str
+) -> dict[str, list[str | None]]:
+    """``--where COL=V1,V2`` and ``--where-null COL`` (or their ``-not`` twins) as the
+    ``{column: values}`` the API takes; a column given twice is refused."""
+    found: dict[str, list[str | None]] = {}
+    pairs = [(*p.partition("="), p) for p in equal] + [(c, "=", None, c) for c in null]
+    for column, sep, value, given in pairs:
+        if not sep or not column:
+            raise click.UsageError(f"{option} {given!r} must look like COLUMN=VALUE")
+        if column in found:
+            raise click.UsageError(
+                f"column {column!r} is in {option} twice; give it once, with its values "
+                "separated by commas (COLUMN=V1,V2 keeps a row whose COLUMN is any of them)"
+            )
+        found[column] = [None] if value is None else list(_values(value))
+    return found
+
+
 def _print_status(url: str, collections: tuple[str, ...]) -> None:
     from ..sync import sync_status
 
@@ -37,8 +70,9 @@ def _print_status(url: str, collections: tuple[str, ...]) -> None:
         backfill = (
             "backfilled" if s.backfilled else "backfill not finished (run `crab vectorize` again)"
         )
+        where = f" where {s.where}" if s.where else ""
         click.echo(
-            f"{s.table} -> {s.collection!r}: {s.queued} queued, {s.failing} failing, "
+            f"{s.table}{where} -> {s.collection!r}: {s.queued} queued, {s.failing} failing, "
             f"lag {s.lag_seconds:.1f} s, {backfill}"
         )
         if s.source_error:
@@ -52,6 +86,22 @@ def _print_status(url: str, collections: tuple[str, ...]) -> None:
 @click.option("--column", help="The text column to embed (one document per row).")
 @click.option("--key", multiple=True, help="Column(s) naming a row; default: the primary key.")
 @click.option("--metadata", multiple=True, help="Column(s) copied into each chunk's metadata.")
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="COL=V[,V…]",
+    help="Only rows whose COL is V (or any of V1,V2; \\, in a value); repeat: all must hold.",
+)
+@click.option(
+    "--where-not",
+    multiple=True,
+    metavar="COL=V[,V…]",
+    help="Only rows whose COL is none of them (NULL is none).",
+)
+@click.option("--where-null", multiple=True, metavar="COL", help="Only rows whose COL is NULL.")
+@click.option(
+    "--where-not-null", multiple=True, metavar="COL", help="Only rows whose COL is not NULL."
+)
 @click.option("--collection", "-c", envvar="CRAB_COLLECTION", help="Default: the table's name.")
 @click.option("--embed-model", envvar="CRAB_EMBED_MODEL", help="Embedding GGUF for the workers.")
 @click.option("--database-url", envvar="CRAB_DATABASE_URL", help="Default: the embedded server.")
@@ -64,6 +114,10 @@ def vectorize(
     column: str | None,
     key: tuple[str, ...],
     metadata: tuple[str, ...],
+    where: tuple[str, ...],
+    where_not: tuple[str, ...],
+    where_null: tuple[str, ...],
+    where_not_null: tuple[str, ...],
     collection: str | None,
     embed_model: str | None,
     database_url: str | None,
@@ -72,8 +126,10 @@ def vectorize(
     drop_collection: bool,
     status: bool,
 ) -> None:
-    """Keep a collection in sync with the rows of TABLE: triggers queue every change,
-    `crab worker` embeds them. Existing rows are queued once (resumable: run it again)."""
+    """Keep a collection in sync with the rows of TABLE (those the --where options keep):
+    triggers queue every change, `crab worker` embeds them. Existing rows are queued once
+    (resumable: run it again); declaring TABLE again with other options re-evaluates every
+    row."""
     from ..store.vector_store import PostgresVectorStore
     from ..sync import unvectorize
     from ..sync import vectorize as declare
@@ -100,6 +156,8 @@ def vectorize(
         raise click.UsageError("--drop-collection goes with --drop")
     if column is None:
         raise click.UsageError("give the text column to embed: --column COLUMN")
+    kept = _where(where, where_null, "--where/--where-null")
+    left_out = _where(where_not, where_not_null, "--where-not/--where-not-null")
     from ..pipeline import build_pipeline
 
     pipe = build_pipeline(embed_model, None, database_url=url, collection=name, rerank=False)
@@ -110,6 +168,8 @@ def vectorize(
             column=column,
             key=_columns(key),
             metadata=_columns(metadata),
+            where=kept,
+            where_not=left_out,
             embed_model=embed_model,
             backfill_rows=None,
         )
@@ -119,6 +179,7 @@ def vectorize(
     finally:
         pipe.close()
     extra = f", metadata {', '.join(source.metadata_columns)}" if source.metadata_columns else ""
+    extra += f", where {source.where}" if source.where else ""
     click.echo(
         f"{source.label} -> collection {name!r} (key {', '.join(source.key_columns)}, "
         f"text {source.text_column}{extra}); {queued} existing rows queued; "

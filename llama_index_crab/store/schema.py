@@ -137,6 +137,9 @@ sync_sources = sa.Table(
     sa.Column("key_columns", ARRAY(sa.Text), nullable=False),
     sa.Column("text_column", sa.Text, nullable=False),
     sa.Column("metadata_columns", ARRAY(sa.Text), nullable=False, server_default="{}"),
+    # The conditions a row must meet to feed the collection ([]: every row), as
+    # llama_index_crab.sync.rowfilter.Condition.to_json gives them.
+    sa.Column("row_filter", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("embed_model", sa.Text, nullable=True),
     # The key of the last row the backfill queued (NULL: none yet); done when backfilled_at.
     sa.Column("backfill_after", JSONB, nullable=True),
@@ -172,6 +175,9 @@ sync_queue = sa.Table(
         nullable=False,
         server_default=sa.func.now(),
     ),
-    sa.CheckConstraint("op IN ('insert', 'update', 'delete', 'truncate', 'backfill')", name="op"),
+    # reconcile (no key): remove the chunks of rows gone or outside the filter
+    sa.CheckConstraint(
+        "op IN ('insert', 'update', 'delete', 'truncate', 'backfill', 'reconcile')", name="op"
+    ),
     sa.Index(None, "source_id", "id"),
 )

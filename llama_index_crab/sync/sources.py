@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 import sqlalchemy as sa
 from psycopg import sql
 
@@ -23,6 +26,7 @@ from ..errors import StoreError
 from ..store.collections import get_collection
 from ..store.db import transaction
 from ..store.schema import SYNC_FUNCTION_PREFIX, sync_queue, sync_sources
+from .rowfilter import Condition, Value, check_filter, filter_sql, row_filter
 from .tables import Table, describe_table, execute, key_object, qualified
 
 if TYPE_CHECKING:
@@ -36,8 +40,8 @@ QUEUE = sync_queue.name
 BACKFILL_ROWS = 1000
 _COLUMNS = (
     "s.id, c.name, s.collection_id, s.table_schema, s.table_name, s.key_columns, "
-    "s.text_column, s.metadata_columns, s.embed_model, s.backfill_after, s.backfilled_at, "
-    "s.last_error"
+    "s.text_column, s.metadata_columns, s.row_filter, s.embed_model, s.backfill_after, "
+    "s.backfilled_at, s.last_error"
 )
 
 
@@ -53,6 +57,7 @@ class Source:
     key_columns: tuple[str, ...]
     text_column: str
     metadata_columns: tuple[str, ...]
+    row_filter: tuple[Condition, ...]  # all must hold for a row to feed the collection
     embed_model: str | None
     backfill_after: dict[str, Any] | None
     backfilled_at: datetime | None
@@ -63,6 +68,11 @@ class Source:
         """The table as documents name it (``name``, ``schema.name`` outside public)."""
         public = self.table_schema == "public"
         return self.table_name if public else f"{self.table_schema}.{self.table_name}"
+
+    @property
+    def where(self) -> str:
+        """The filter as a person reads it (``''``: every row)."""
+        return " AND ".join(c.describe() for c in self.row_filter)
 
     @property
     def function(self) -> str:
@@ -78,19 +88,30 @@ class Source:
 
 
 def _source(row: Sequence[Any]) -> Source:
-    (id_, collection, cid, schema, name, keys, text, meta, model, after, done, error) = row
+    (id_, collection, cid, schema, name, keys, text, meta, where, model, after, done, error) = row
+    conditions = tuple(Condition.from_json(c) for c in where)
     return Source(
         int(id_), collection, int(cid), schema, name, tuple(keys), text, tuple(meta),
-        model, after, done, error,
+        conditions, model, after, done, error,
     )  # fmt: skip
 
 
 def get_sources(
-    connection: sa.Connection, collections: Sequence[str] = (), table: str | None = None
+    connection: sa.Connection,
+    collections: Sequence[str] = (),
+    table: str | None = None,
+    *,
+    ids: Sequence[int] | None = None,
+    lock: bool = False,
 ) -> list[Source]:
-    """The declared sources, of the given collections only when some are named."""
+    """The declared sources, of the given collections only when some are named (and of
+    ``ids`` only, when given). ``lock``: hold them until the transaction ends, so that a
+    declaration changing them waits for it (and it, for a declaration in progress)."""
     query = f"SELECT {_COLUMNS} FROM {SOURCES} s JOIN crab_collections c ON c.id = s.collection_id"
-    rows = connection.execute(sa.text(query + " ORDER BY s.id")).all()
+    if ids is not None:
+        query += " WHERE s.id = ANY(:ids)"
+    query += " ORDER BY s.id" + (" FOR SHARE OF s" if lock else "")
+    rows = connection.execute(sa.text(query), {"ids": list(ids or ())}).all()
     sources = [_source(row) for row in rows]
     if collections:
         sources = [s for s in sources if s.collection in collections]
@@ -106,11 +127,19 @@ def vectorize(
     column: str,
     key: Sequence[str] = (),
     metadata: Sequence[str] = (),
+    where: Mapping[str, Value | Sequence[Value]] | None = None,
+    where_not: Mapping[str, Value | Sequence[Value]] | None = None,
     embed_model: str | None = None,
     backfill_rows: int | None = BACKFILL_ROWS,
 ) -> Source:
     """Keep ``store``'s collection in sync with the rows of ``table``: each row's ``column``
     becomes one document (id ``table:key``), its ``metadata`` columns its chunks' metadata.
+
+    ``where={column: value or [values]}`` keeps only the rows whose column is one of them
+    (``None``: NULL), ``where_not`` those whose column is none of them (NULL is none); every
+    condition must hold. A row that leaves the filter loses its chunks, one that enters it
+    is embedded. Declaring the table again with another filter (or columns) evaluates
+    every row again: the backfill starts over, and the chunks of rows now outside go.
 
     Installs the triggers (insert, update of the watched columns, delete, truncate) and then,
     unless ``backfill_rows`` is None, queues the existing rows ``backfill_rows`` at a time
@@ -127,6 +156,9 @@ def vectorize(
         keys = _key_columns(described, key)
         text = described.column(column, "text column")
         extra = [described.column(c, "metadata column") for c in dict.fromkeys(metadata)]
+        conditions = row_filter(where, where_not)
+        check_filter(connection, described, conditions)
+        stored_filter = [c.to_json() for c in conditions]
         _check_privileges(connection, described)
         connection.execute(
             sa.text("SELECT pg_advisory_xact_lock(hashtextextended('crab_sync_sources', :oid))"),
@@ -135,20 +167,21 @@ def vectorize(
         params = {"cid": collection.id, "schema": described.schema, "name": described.name}
         before = connection.execute(
             sa.text(
-                f"SELECT key_columns, text_column, metadata_columns FROM {SOURCES} "
+                f"SELECT key_columns, text_column, metadata_columns, row_filter FROM {SOURCES} "
                 "WHERE collection_id = :cid AND table_schema = :schema AND table_name = :name"
             ),
             params,
         ).first()
-        changed = before is None or tuple(before) != (keys, text, extra)
+        changed = before is None or tuple(before) != (keys, text, extra, stored_filter)
         source_id = connection.scalar(
             sa.text(
                 f"INSERT INTO {SOURCES} AS s (collection_id, table_schema, table_name, "
-                "key_columns, text_column, metadata_columns, embed_model) "
-                "VALUES (:cid, :schema, :name, :keys, :text, :meta, :model) "
+                "key_columns, text_column, metadata_columns, row_filter, embed_model) "
+                "VALUES (:cid, :schema, :name, :keys, :text, :meta, CAST(:filter AS jsonb), "
+                ":model) "
                 "ON CONFLICT (collection_id, table_schema, table_name) DO UPDATE SET "
                 "key_columns = excluded.key_columns, text_column = excluded.text_column, "
-                "metadata_columns = excluded.metadata_columns, "
+                "metadata_columns = excluded.metadata_columns, row_filter = excluded.row_filter, "
                 "embed_model = coalesce(excluded.embed_model, s.embed_model), last_error = NULL, "
                 "backfill_after = CASE WHEN :changed THEN NULL ELSE s.backfill_after END, "
                 "backfilled_at = CASE WHEN :changed THEN NULL ELSE s.backfilled_at END "
@@ -159,15 +192,35 @@ def vectorize(
                 "keys": keys,
                 "text": text,
                 "meta": extra,
+                "filter": json.dumps(stored_filter),
                 "model": embed_model,
                 "changed": changed,
             },
         )
-        _install_triggers(connection, described, int(source_id), keys, [text, *extra])
+        _install_triggers(connection, described, int(source_id), keys, [text, *extra], conditions)
+        if changed and _has_chunks(connection, collection.id, described.label):
+            # Rows that left the filter (or whose key changed) keep chunks the backfill
+            # does not reach: one item makes a worker remove them.
+            connection.execute(
+                sa.text(f"INSERT INTO {QUEUE} (source_id, op) VALUES (:id, 'reconcile')"),
+                {"id": source_id},
+            )
         source = next(s for s in get_sources(connection) if s.id == source_id)
     if backfill_rows is not None:
         backfill(store.client, source, batch_rows=backfill_rows)
     return source
+
+
+def _has_chunks(connection: sa.Connection, collection_id: int, label: str) -> bool:
+    return bool(
+        connection.scalar(
+            sa.text(
+                "SELECT EXISTS (SELECT FROM crab_nodes WHERE collection_id = :cid "
+                "AND metadata @> CAST(:owned AS jsonb))"
+            ),
+            {"cid": collection_id, "owned": json.dumps({"source_table": label})},
+        )
+    )
 
 
 def _key_columns(table: Table, key: Sequence[str]) -> list[str]:
@@ -223,7 +276,11 @@ def _install_triggers(
     source_id: int,
     keys: Sequence[str],
     watched: Sequence[str],
+    conditions: Sequence[Condition],
 ) -> None:
+    """The triggers: insert and delete fire for rows inside the filter, update for a row
+    inside it before or after whose key, watched or filter columns changed. The filter
+    lives in their ``WHEN``, so a row outside it costs no call of the function."""
     schema = _crab_schema(connection)
     queue = sql.Identifier(schema, QUEUE)
     function = sql.Identifier(schema, f"{SYNC_FUNCTION_PREFIX}{source_id}")
@@ -257,22 +314,38 @@ def _install_triggers(
         payload=sql.Literal(str(source_id)),
     )
     raw: Any = connection.connection.driver_connection
+    fired_by = list(dict.fromkeys([*keys, *watched, *(c.column for c in conditions)]))
     changed = sql.SQL(" OR ").join(
-        sql.SQL("old.{c} IS DISTINCT FROM new.{c}").format(c=sql.Identifier(c))
-        for c in dict.fromkeys([*keys, *watched])
+        sql.SQL("old.{c} IS DISTINCT FROM new.{c}").format(c=sql.Identifier(c)) for c in fired_by
     )
-    columns = sql.SQL(", ").join(map(sql.Identifier, dict.fromkeys([*keys, *watched])))
+    if conditions:
+        inside = sql.SQL("{} OR {}").format(
+            filter_sql(table, conditions, "old"), filter_sql(table, conditions, "new")
+        )
+        changed = sql.SQL("({}) AND ({})").format(changed, inside)
+    columns = sql.SQL(", ").join(map(sql.Identifier, fired_by))
     name = f"{SYNC_FUNCTION_PREFIX}{source_id}"
+    row_triggers = [
+        sql.SQL(
+            "CREATE TRIGGER {t} AFTER {op} ON {table} FOR EACH ROW {when}EXECUTE FUNCTION {f}()"
+        ).format(
+            t=sql.Identifier(f"{name}_{op.lower()}"),
+            op=sql.SQL(op),
+            table=table.ident,
+            when=sql.SQL("WHEN ({}) ").format(filter_sql(table, conditions, row))
+            if conditions
+            else sql.SQL(""),
+            f=function,
+        )
+        for op, row in (("INSERT", "new"), ("DELETE", "old"))
+    ]
     statements = [
         sql.SQL(
             "CREATE OR REPLACE FUNCTION {f}() RETURNS trigger LANGUAGE plpgsql "
             "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}"
         ).format(f=function, body=sql.Literal(body.as_string(raw))),
         *_drop_triggers(table, source_id),
-        sql.SQL(
-            "CREATE TRIGGER {t} AFTER INSERT OR DELETE ON {table} "
-            "FOR EACH ROW EXECUTE FUNCTION {f}()"
-        ).format(t=sql.Identifier(f"{name}_row"), table=table.ident, f=function),
+        *row_triggers,
         sql.SQL(
             "CREATE TRIGGER {t} AFTER UPDATE OF {columns} ON {table} "
             "FOR EACH ROW WHEN ({changed}) EXECUTE FUNCTION {f}()"
@@ -296,7 +369,8 @@ def _drop_triggers(table: Table, source_id: int) -> list[sql.Composed]:
         sql.SQL("DROP TRIGGER IF EXISTS {t} ON {table}").format(
             t=sql.Identifier(f"{SYNC_FUNCTION_PREFIX}{source_id}_{kind}"), table=table.ident
         )
-        for kind in ("row", "update", "truncate")
+        # "row": one trigger for insert and delete, as sources declared before filters had
+        for kind in ("row", "insert", "delete", "update", "truncate")
     ]
 
 
@@ -313,7 +387,8 @@ def backfill(
         with transaction(bind) as connection:
             row = connection.execute(
                 sa.text(
-                    f"SELECT backfill_after, backfilled_at FROM {SOURCES} WHERE id = :id FOR UPDATE"
+                    f"SELECT backfill_after, backfilled_at, row_filter FROM {SOURCES} "
+                    "WHERE id = :id FOR UPDATE"
                 ),
                 {"id": source.id},
             ).first()
@@ -322,7 +397,8 @@ def backfill(
             table = describe_table(connection, qualified(source.table_schema, source.table_name))
             keys = source.key_columns
             order = sql.SQL(", ").join(sql.Identifier("t", c) for c in keys)
-            where: sql.Composable = sql.SQL("")
+            conditions = [Condition.from_json(c) for c in row.row_filter]
+            where: sql.Composable = sql.SQL("WHERE {}").format(filter_sql(table, conditions, "t"))
             if row.backfill_after is not None:
                 after = sql.SQL(", ").join(
                     sql.SQL("CAST({} ->> {} AS {})").format(
@@ -332,7 +408,7 @@ def backfill(
                     )
                     for c in keys
                 )
-                where = sql.SQL("WHERE ROW({}) > ROW({})").format(order, after)
+                where = sql.SQL("{} AND ROW({}) > ROW({})").format(where, order, after)
             found = execute(
                 connection,
                 sql.SQL("SELECT {} FROM {} AS t {} ORDER BY {} LIMIT {}").format(
@@ -379,6 +455,9 @@ def unvectorize(store: PostgresVectorStore, table: str, *, drop_collection: bool
             ]
         schema = _crab_schema(connection)
         for source in sources:
+            # The declaration first: it waits for workers' batches on this source, before
+            # dropping the triggers locks the table their batches read.
+            connection.execute(sa.text(f"DELETE FROM {SOURCES} WHERE id = :id"), {"id": source.id})
             name = qualified(source.table_schema, source.table_name)
             exists = connection.scalar(sa.select(sa.func.to_regclass(name)))
             if exists is not None:
@@ -390,7 +469,6 @@ def unvectorize(store: PostgresVectorStore, table: str, *, drop_collection: bool
                     sql.Identifier(schema, source.function)
                 ),
             )
-            connection.execute(sa.text(f"DELETE FROM {SOURCES} WHERE id = :id"), {"id": source.id})
     if drop_collection:
         drop(store.client, store.collection_name)
     return bool(sources)

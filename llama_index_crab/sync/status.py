@@ -26,6 +26,7 @@ class SourceStatus:
     backfilled: bool
     source_error: str | None
     errors: list[tuple[int, str]] = field(default_factory=list)
+    where: str = ""  # the filter as a person reads it; "": every row
 
 
 def sync_status(
@@ -62,6 +63,7 @@ def sync_status(
             s.backfilled_at is not None,
             s.last_error,
             errors.get(s.id, [])[:5],
+            s.where,
         )
         for s in sources
     ]

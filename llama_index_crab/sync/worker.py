@@ -25,6 +25,7 @@ from psycopg import sql
 
 from ..errors import DatabaseUnavailableError
 from ..store.db import engine_from, translate_errors
+from .rowfilter import filter_sql
 from .sources import CHANNEL, QUEUE, SOURCES, Source, get_sources
 from .tables import Table, describe_table, execute, key_match, qualified
 
@@ -55,7 +56,7 @@ class WorkerReport:
     chunks: int = 0
     reused: int = 0  # rows whose metadata changed but not their text: vectors kept
     unchanged: int = 0
-    deleted: int = 0  # rows gone (deleted, truncated): their chunks removed
+    deleted: int = 0  # rows gone (deleted, truncated, left the filter): their chunks removed
     empty: int = 0  # rows whose text is NULL or blank: no chunks
     failed: int = 0  # queue items put back for a retry, with their error
     done: int = 0  # queue items finished
@@ -188,7 +189,8 @@ class Worker:
         items: list[_Item] = []
         try:
             with translate_errors(self._engine.url), self._engine.begin() as connection:
-                items = self._claim(connection, list(sources), self.batch_rows)
+                held = self._hold_sources(connection, list(sources))
+                items = self._claim(connection, held, self.batch_rows)
                 finished = self._process(connection, items)
                 self._finish(connection, finished)
             return len(items), len(finished)
@@ -209,7 +211,8 @@ class Worker:
     def _run_one(self, item: _Item) -> int:
         try:
             with translate_errors(self._engine.url), self._engine.begin() as connection:
-                claimed = self._claim(connection, [item.source_id], 1, item.id)
+                held = self._hold_sources(connection, [item.source_id])
+                claimed = self._claim(connection, held, 1, item.id)
                 finished = self._process(connection, claimed)
                 self._finish(connection, finished)
             return len(finished)
@@ -227,6 +230,14 @@ class Worker:
             found = get_sources(connection, self.collections)
         self._sources = {s.id: s for s in found}
         return self._sources
+
+    def _hold_sources(self, connection: sa.Connection, ids: list[int]) -> list[int]:
+        """Read these sources again, held until the batch ends: a declaration that changes
+        one (its filter, its columns) waits for the batch, and a batch after it sees the
+        change. Held before the queue items, in the order a source's removal takes them."""
+        found = get_sources(connection, ids=ids, lock=True)
+        self._sources.update((s.id, s) for s in found)
+        return [s.id for s in found]
 
     def _claim(
         self, connection: sa.Connection, source_ids: list[int], limit: int, only: int | None = None
@@ -291,6 +302,8 @@ class Worker:
             table = describe_table(connection, qualified(source.table_schema, source.table_name))
             for column in (*source.key_columns, source.text_column, *source.metadata_columns):
                 table.column(column, "watched column")
+            for condition in source.row_filter:
+                table.column(condition.column, "filter column")
         except ValueError as exc:
             message = (
                 f"collection {source.collection!r} cannot sync table {source.label!r}: {exc}; "
@@ -345,7 +358,7 @@ class Worker:
     def _read(
         self, connection: sa.Connection, source: Source, table: Table, keys: list[str]
     ) -> dict[str, tuple[str | None, dict[str, Any]]]:
-        """``{key: (text, metadata)}`` of the rows that exist."""
+        """``{key: (text, metadata)}`` of the rows that exist and pass the filter."""
         selected = [sql.Identifier("t", source.text_column)] + [
             sql.SQL("to_jsonb({})").format(sql.Identifier("t", c)) for c in source.metadata_columns
         ]
@@ -353,12 +366,13 @@ class Worker:
             connection,
             sql.SQL(
                 "SELECT k.key::text, {columns} FROM unnest(CAST({keys} AS jsonb[])) AS k(key) "
-                "JOIN {table} AS t ON {match}"
+                "JOIN {table} AS t ON {match} AND {inside}"
             ).format(
                 columns=sql.SQL(", ").join(selected),
                 keys=sql.Literal(keys),
                 table=table.ident,
                 match=key_match(table, source.key_columns, "t", sql.SQL("k.key")),
+                inside=filter_sql(table, source.row_filter, "t"),
             ),
         )
         return {
@@ -483,7 +497,8 @@ class Worker:
     def _reconcile(
         self, connection: sa.Connection, source: Source, table: Table, target: _Target
     ) -> None:
-        """After a TRUNCATE: remove the documents of this source whose rows are gone."""
+        """After a TRUNCATE or a new declaration: remove the documents of this source whose
+        rows are gone or outside its filter."""
         collection = target.store._load(connection)
         owned = json.dumps({"source_table": source.label})
         gone = execute(
@@ -491,7 +506,7 @@ class Worker:
             sql.SQL(
                 "SELECT DISTINCT n.ref_doc_id FROM crab_nodes AS n WHERE n.collection_id = {cid} "
                 "AND n.metadata @> CAST({owned} AS jsonb) AND NOT EXISTS "
-                "(SELECT FROM {table} AS t WHERE {match})"
+                "(SELECT FROM {table} AS t WHERE {match} AND {inside})"
             ).format(
                 cid=sql.Literal(collection.id),
                 owned=sql.Literal(owned),
@@ -499,6 +514,7 @@ class Worker:
                 match=key_match(
                     table, source.key_columns, "t", sql.SQL("n.metadata -> 'source_key'")
                 ),
+                inside=filter_sql(table, source.row_filter, "t"),
             ),
         )
         refs = [ref for (ref,) in gone]
