@@ -7,10 +7,11 @@ no per-word length limit; each changes the tokens and so the embedding.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any
 
-__all__ = ["WordPiece"]
+__all__ = ["WordPiece", "basic_words"]
 
 _MAX_WORD_CHARS = 100  # longer words are one [UNK], as in BERT
 _CJK = (
@@ -25,6 +26,13 @@ _CJK = (
 )
 
 
+# ASCII text, the common case, split without a per-character loop: control characters
+# vanish (tab, newline and return separate words), letters and digits run together, every
+# other printable character is a word of its own (BERT counts all ASCII symbols as punctuation).
+_ASCII_CONTROL = {c: None for c in [*range(32), 127] if chr(c) not in "\t\n\r"}
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
+
+
 def _is_punct(ch: str) -> bool:
     cp = ord(ch)
     if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
@@ -35,6 +43,42 @@ def _is_punct(ch: str) -> bool:
 def _is_cjk(ch: str) -> bool:
     cp = ord(ch)
     return any(lo <= cp <= hi for lo, hi in _CJK)
+
+
+def basic_words(text: str, lowercase: bool = True, strip_accents: bool = True) -> list[str]:
+    """BERT's basic tokenizer character by character, for any text."""
+    chars = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if ord(ch) in (0, 0xFFFD) or (cat.startswith("C") and ch not in "\t\n\r"):
+            continue
+        if ch in " \t\n\r" or cat == "Zs":
+            chars.append(" ")
+        elif _is_cjk(ch):
+            chars.append(f" {ch} ")
+        else:
+            chars.append(ch)
+    cleaned = "".join(chars)
+    if strip_accents:
+        cleaned = "".join(
+            c for c in unicodedata.normalize("NFD", cleaned) if unicodedata.category(c) != "Mn"
+        )
+    if lowercase:
+        cleaned = cleaned.lower()
+    out: list[str] = []
+    for word in cleaned.split():
+        current = ""
+        for ch in word:
+            if _is_punct(ch):
+                if current:
+                    out.append(current)
+                out.append(ch)
+                current = ""
+            else:
+                current += ch
+        if current:
+            out.append(current)
+    return out
 
 
 class WordPiece:
@@ -66,38 +110,10 @@ class WordPiece:
     def words(self, text: str) -> list[str]:
         """BERT's basic tokenizer: clean, CJK characters apart, lowercase, strip
         nonspacing marks, split on whitespace and punctuation."""
-        chars = []
-        for ch in text:
-            cat = unicodedata.category(ch)
-            if ord(ch) in (0, 0xFFFD) or (cat.startswith("C") and ch not in "\t\n\r"):
-                continue
-            if ch in " \t\n\r" or cat == "Zs":
-                chars.append(" ")
-            elif _is_cjk(ch):
-                chars.append(f" {ch} ")
-            else:
-                chars.append(ch)
-        cleaned = "".join(chars)
-        if self.strip_accents:
-            cleaned = "".join(
-                c for c in unicodedata.normalize("NFD", cleaned) if unicodedata.category(c) != "Mn"
-            )
-        if self.lowercase:
-            cleaned = cleaned.lower()
-        out: list[str] = []
-        for word in cleaned.split():
-            current = ""
-            for ch in word:
-                if _is_punct(ch):
-                    if current:
-                        out.append(current)
-                    out.append(ch)
-                    current = ""
-                else:
-                    current += ch
-            if current:
-                out.append(current)
-        return out
+        if text.isascii():
+            text = text.translate(_ASCII_CONTROL)
+            return _ASCII_WORD.findall(text.lower() if self.lowercase else text)
+        return basic_words(text, self.lowercase, self.strip_accents)
 
     def __call__(self, text: str) -> list[int]:
         ids: list[int] = []
