@@ -4,7 +4,9 @@
 ``TextEmbedding``, the folder registered as a custom model (mean pooling, L2-normalised, as
 all-MiniLM-L6-v2) and loaded from ``D`` without the network; its session options are
 fastembed's (``ORT_ENABLE_ALL``, ``threads`` intra- and inter-op). Each run command may carry
-``{"batch_size": n}``. Speaks the protocol of ``benchmarks._serve``.
+``{"batch_size": n}``. ``--sorted``: texts batched by length (longest first, order restored
+after), the batching sentence-transformers and crab do; fastembed itself batches in input
+order and pads each batch to its longest text. Speaks the protocol of ``benchmarks._serve``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def main() -> None:
     parser.add_argument("--texts", required=True)
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--sorted", action="store_true", help="batch texts by length")
     args = parser.parse_args()
 
     import fastembed
@@ -45,7 +48,14 @@ def main() -> None:
 
     def embed(texts: list[str], options: dict[str, Any]) -> Any:
         batch = int(options.get("batch_size", 32))
-        return [v.tolist() for v in model.embed(texts, batch_size=batch)]
+        if not args.sorted:
+            return [v.tolist() for v in model.embed(texts, batch_size=batch)]
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        vectors = list(model.embed([texts[i] for i in order], batch_size=batch))
+        out: list[Any] = [None] * len(texts)
+        for i, v in zip(order, vectors):
+            out[i] = v.tolist()
+        return out
 
     info = {
         "fastembed": fastembed.__version__,
