@@ -35,7 +35,7 @@ from benchmarks._workers import ROOT
 __all__ = ["run"]
 
 CORPUS = ROOT / "examples" / "corpus" / "python-reference"
-MODEL = str(ROOT / "models" / "all-MiniLM-L6-v2-q8_0.gguf")
+MODEL = str(ROOT / "models" / "all-MiniLM-L6-v2-bf16.gguf")  # the default embedder
 WORKER = """
 import signal, sys, threading
 from llama_index_crab.sync import Worker
@@ -262,7 +262,7 @@ def run(quick: bool = False) -> str:
     lines.append(["`crab ingest` of the rows as files (inserts only)", ingest, "", ""])
     return (
         f"## Table sync (`sync.py`)\n\n{rows} rows (paragraphs of the Python docs, 20-150 words)"
-        f" inserted, then each updated; best of {rounds} interleaved round(s); shared machine.\n\n"
+        f" inserted, then each updated; best of {rounds} interleaved round(s); default embedder, 2 cores.\n\n"
         + table(["what", "rows/s", "median lag s", "p95 lag s"], lines)
     )
 
