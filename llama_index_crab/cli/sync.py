@@ -202,6 +202,18 @@ def vectorize(
 @click.option("--embed-model", envvar="CRAB_EMBED_MODEL", help="Override the recorded model.")
 @click.option("--database-url", envvar="CRAB_DATABASE_URL", help="Default: the embedded server.")
 @click.option("--n-gpu-layers", type=click.IntRange(min=-1), default=0, envvar="CRAB_N_GPU_LAYERS")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help="Run workers as Ray actors (default: RAY_ADDRESS, a local `ray start`, else a new one).",
+)
+@click.option(
+    "--ray-workers", type=click.IntRange(min=1), help="Actors; default: all the cluster's CPUs."
+)
+@click.option("--ray-cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 def worker(
     collections: tuple[str, ...],
     once: bool,
@@ -211,9 +223,13 @@ def worker(
     embed_model: str | None,
     database_url: str | None,
     n_gpu_layers: int,
+    ray_address: str | None,
+    ray_workers: int | None,
+    ray_cpus_per_worker: int,
 ) -> None:
     """Embed the queued rows of the tables `crab vectorize` declared; several workers (on
-    any machines) share the queue. Wakes on NOTIFY; Ctrl-C or SIGTERM stops it."""
+    any machines, or as Ray actors with --ray) share the queue. Wakes on NOTIFY; Ctrl-C
+    or SIGTERM stops it."""
     from ..sync import Worker
 
     url = _url(database_url)
@@ -223,14 +239,28 @@ def worker(
     stop = threading.Event()
     if not once and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    runner = Worker(
-        url,
-        collections,
-        embed_model=embed_model,
-        batch_rows=batch_rows,
-        poll_seconds=poll,
-        n_gpu_layers=n_gpu_layers,
-    )
+    options: dict[str, Any] = {
+        "embed_model": embed_model,
+        "batch_rows": batch_rows,
+        "poll_seconds": poll,
+        "n_gpu_layers": n_gpu_layers,
+    }
+    if ray_address is not None:
+        from ..sync.cluster import merge_reports, run_on_ray
+
+        reports = run_on_ray(
+            url,
+            collections,
+            address=ray_address or None,
+            workers=ray_workers,
+            cpus_per_worker=ray_cpus_per_worker,
+            once=once,
+            stop=stop,
+            **options,
+        )
+        _finish(merge_reports(reports), f"{len(reports)} Ray workers: ")
+        return
+    runner = Worker(url, collections, **options)
     shown = [time.monotonic()]
 
     def progress(report: Any) -> None:
@@ -242,7 +272,11 @@ def worker(
         report = runner.run(once=once, stop=stop, progress=progress)
     finally:
         runner.close()
-    click.echo(_summary(report))
+    _finish(report)
+
+
+def _finish(report: Any, prefix: str = "") -> None:
+    click.echo(prefix + _summary(report))
     if report.failed:
         click.secho(
             f"error: {report.failed} queue item(s) failed and wait for a retry: "

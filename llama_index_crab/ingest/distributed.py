@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from ..models.embedding import LlamaCppEmbedding
     from ..store.vector_store import PostgresVectorStore
 
-__all__ = ["ingest_distributed"]
+__all__ = ["connect", "ingest_distributed"]
 
 # Model settings the actors rebuild the embedding model from (threads come from Ray's CPUs).
 SPEC_FIELDS = (
@@ -92,17 +92,7 @@ def ingest_distributed(
     known = store.document_hashes()  # the database is checked before any work is sent out
     import ray
 
-    owned = not ray.is_initialized()
-    if owned:
-        if address:
-            _check_reachable(address)  # ray.init would retry for minutes
-        try:
-            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise ClusterError(
-                f"could not reach the Ray cluster at {address or 'auto'!r} ({exc}); start one "
-                "with `ray start --head` or pass its address"
-            ) from exc
+    owned = connect(address)
     try:
         spec = tuple((name, getattr(embed_model, name)) for name in SPEC_FIELDS)
         # The actors load the very file the driver's model loads (its weights already chosen).
@@ -270,6 +260,26 @@ class _Run:
             raise
         except exceptions.RayError as exc:
             raise _lost(exc) from exc
+
+
+def connect(address: str | None) -> bool:
+    """Join the Ray cluster at ``address`` (None: ``RAY_ADDRESS``, one started with ``ray
+    start`` here, else a new local one) unless Ray is initialised already; returns whether
+    it joined (the caller then shuts Ray down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        _check_reachable(address)  # ray.init would retry for minutes
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ClusterError(
+            f"could not reach the Ray cluster at {address or 'auto'!r} ({exc}); start one "
+            "with `ray start --head` or pass its address"
+        ) from exc
+    return True
 
 
 def _check_reachable(address: str) -> None:

@@ -84,7 +84,8 @@ class Worker:
     ``embed_model`` overrides the model the sources recorded (else the bundled one).
     ``batch_rows``: queue items per transaction; ``poll_seconds``: how long to wait for a
     ``NOTIFY`` before looking at the queue anyway; ``retry_seconds``: the first delay
-    before a failed item is tried again (doubling with each failure).
+    before a failed item is tried again (doubling with each failure); ``n_threads``:
+    llama.cpp's CPU threads (None: all cores).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class Worker:
         poll_seconds: float = POLL_SECONDS,
         retry_seconds: float = RETRY_SECONDS,
         n_gpu_layers: int = 0,
+        n_threads: int | None = None,
     ) -> None:
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be ≥ 1, got {batch_rows!r}")
@@ -107,6 +109,7 @@ class Worker:
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.n_gpu_layers = n_gpu_layers
+        self.n_threads = n_threads
         self.report = WorkerReport()
         self._engine, _ = engine_from(database_url)
         self._targets: dict[str, _Target] = {}
@@ -349,6 +352,8 @@ class Worker:
             )
             with pipe.store._begin():  # the collection exists and holds this model's vectors
                 pass
+            if self.n_threads is not None:  # the model loads on first use, with these
+                pipe.embed_model.n_threads = self.n_threads
             chunker = splitter_for(pipe.embed_model)
             self._targets[source.collection] = _Target(pipe.store, pipe.embed_model, chunker)
         return self._targets[source.collection]
