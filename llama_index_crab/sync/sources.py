@@ -205,7 +205,7 @@ def vectorize(
                 sa.text(f"INSERT INTO {QUEUE} (source_id, op) VALUES (:id, 'reconcile')"),
                 {"id": source_id},
             )
-        source = next(s for s in get_sources(connection) if s.id == source_id)
+        (source,) = get_sources(connection, ids=[source_id])
     if backfill_rows is not None:
         backfill(store.client, source, batch_rows=backfill_rows)
     return source
