@@ -108,6 +108,42 @@ def test_0003_moves_node_content_out_of_metadata_and_back(empty_database: str) -
         engine.dispose()
 
 
+def test_0006_keeps_declared_sources_whole_and_back(empty_database: str) -> None:
+    """A source declared under 0005 feeds every row after 0006 (an empty filter); the
+    downgrade turns a pending reconcile item into the truncate item 0005 knows."""
+    migrate.upgrade(empty_database, "0005")
+    engine = sa.create_engine(to_url(empty_database), poolclass=sa.NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO crab_collections (name, model, dimension, pooling) "
+                    "VALUES ('t', 'm', 2, 'mean')"
+                )
+            )
+            connection.execute(
+                sa.text(
+                    "INSERT INTO crab_sync_sources (collection_id, table_schema, table_name, "
+                    "key_columns, text_column) SELECT id, 'public', 't', '{id}', 'body' "
+                    "FROM crab_collections"
+                )
+            )
+        migrate.upgrade(empty_database)
+        with engine.begin() as connection:
+            assert connection.scalar(sa.text("SELECT row_filter FROM crab_sync_sources")) == []
+            connection.execute(
+                sa.text(
+                    "INSERT INTO crab_sync_queue (source_id, op) "
+                    "SELECT id, 'reconcile' FROM crab_sync_sources"
+                )
+            )
+        migrate.downgrade(empty_database, "0005")
+        with engine.connect() as connection:
+            assert connection.scalar(sa.text("SELECT op FROM crab_sync_queue")) == "truncate"
+    finally:
+        engine.dispose()
+
+
 def _indexes(connection: sa.Connection) -> set[str]:
     rows = connection.execute(
         sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'crab_nodes'")
