@@ -262,7 +262,8 @@ def run(quick: bool = False) -> str:
     lines.append(["`crab ingest` of the rows as files (inserts only)", ingest, "", ""])
     return (
         f"## Table sync (`sync.py`)\n\n{rows} rows (paragraphs of the Python docs, 20-150 words)"
-        f" inserted, then each updated; best of {rounds} interleaved round(s); default embedder, 2 cores.\n\n"
+        f" inserted, then each updated; best of {rounds} interleaved round(s); default"
+        " embedder.\n\n"
         + table(["what", "rows/s", "median lag s", "p95 lag s"], lines)
     )
 
