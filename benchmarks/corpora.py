@@ -9,6 +9,10 @@ weight and depth, with the store's formula. Two plain references on the same GGU
 search: paragraphs (``paragraph_baseline``) and each passage whole up to the context.
 Texts are embedded once per run and reused across settings (identical chunks are common);
 ``CRAB_CORPORA_CACHE=FILE`` keeps them between runs. ``--quick``: two chunkings only.
+``--rule``: the chunking rules compared for the default (chunks, whole documents that fit,
+and chunks plus a whole-document vector, the last simulated on the dense side), hybrid at
+the default weight. A set named ``NAME:sections`` is NAME with each page cut at its headings
+into passages, a question's relevant passages those holding its answer sentence.
 """
 
 from __future__ import annotations
@@ -32,6 +36,45 @@ SETS = ("python-reference-qa", "postgresql-manual-qa", "manpage-options-qa")
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEPTHS = (20, 50, 100)
 RRF_K = 60
+
+
+def load_set(name: str) -> tuple[str, Any]:
+    """``(label, BeirData)`` of a set in tests/data, a folder, or ``NAME:sections``."""
+    from llama_index_crab.eval.evaluate import load_beir
+
+    name, _, cut = name.partition(":")
+    source = Path(name) if Path(name).is_dir() else ROOT / "tests" / "data" / name
+    data = load_beir(source)
+    return (f"{source.name}, sections", sections(data)) if cut else (source.name, data)
+
+
+def sections(data: Any) -> Any:
+    """``data`` with each passage cut before every Markdown heading (the page title kept
+    as the first line of each piece); relevant: the pieces of relevant passages that hold
+    the question's ``answer_passage``."""
+    import re
+
+    from llama_index_crab.eval.evaluate import BeirData
+
+    corpus: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for doc, text in data.corpus.items():
+        parts = re.split(r"\n(?=#{1,6} )", text)
+        title = parts[0].splitlines()[0]
+        for i, part in enumerate(parts):
+            corpus[f"{doc}#{i}"] = part if i == 0 else f"{title}\n{part}"
+            owner[f"{doc}#{i}"] = doc
+
+    def normal(text: str) -> str:
+        return " ".join(text.split())
+
+    qrels: dict[str, dict[str, int]] = {}
+    for q, relevant in data.qrels.items():
+        answer = normal(data.extra[q]["answer_passage"])
+        found = {s: 1 for s in corpus if owner[s] in relevant and answer in normal(corpus[s])}
+        if found:
+            qrels[q] = found
+    return BeirData(corpus, {q: data.queries[q] for q in qrels}, qrels, data.extra)
 
 
 def _metrics(runs: dict[str, list[str]], qrels: dict[str, dict[str, int]]) -> tuple[float, ...]:
@@ -70,9 +113,14 @@ def _cached_model() -> Any:
     return Cached(default_embed_model())
 
 
-def whole_baseline(
-    corpus: dict[str, str], queries: dict[str, str], model: Any
-) -> dict[str, list[str]]:
+class _Whole:
+    """Each passage's vector (cut to the context) scored against each question."""
+
+    def __init__(self, ids: list[str], queries: list[str], scores: np.ndarray, tokens: list[int]):
+        self.ids, self.queries, self.scores, self.tokens = ids, queries, scores, tokens
+
+
+def _whole_scores(corpus: dict[str, str], queries: dict[str, str], model: Any) -> _Whole:
     """Each passage embedded whole (cut to the model's context), exact search."""
     ids = list(corpus)
     with warnings.catch_warnings():
@@ -80,8 +128,42 @@ def whole_baseline(
         matrix = model.embed([corpus[d] for d in ids], prefix=model.text_prefix)
     qids = list(queries)
     asked = model.embed([queries[q] for q in qids], prefix=model.query_prefix)
-    order = np.argsort(-(asked @ matrix.T), axis=1, kind="stable")[:, :100]
-    return {q: [ids[i] for i in row] for q, row in zip(qids, order)}
+    tokens = [len(model.runner.tokenize(corpus[d])) for d in ids]
+    return _Whole(ids, qids, asked @ matrix.T, tokens)
+
+
+def _whole_vectors_too(
+    name: str,
+    whole: _Whole,
+    dense: dict[str, list[Any]],
+    t_ids: dict[str, list[str]],
+    docs: Any,
+    qrels: dict[str, dict[str, int]],
+    model: Any,
+) -> list[list[Any]]:
+    """Multi-granularity, simulated: the chunks' dense ranking with one more vector per
+    passage over one chunk (the passage whole: only when it fits the context, or cut to
+    it), merged by score; the text side keeps the chunks alone."""
+    room = model.text_room - 8
+    rows = []
+    for label, keep in (
+        ("256/32 + whole vector when it fits", lambda n: 256 < n <= room),
+        ("256/32 + whole vector, cut to the context", lambda n: n > 256),
+    ):
+        extra = [j for j, n in enumerate(whole.tokens) if keep(n)]
+        merged: dict[str, list[str]] = {}
+        for k, q in enumerate(whole.queries):
+            items = [(float(h.score), h.node.node_id) for h in dense[q]]
+            items += [(float(whole.scores[k, j]), f"whole:{whole.ids[j]}") for j in extra]
+            merged[q] = [i for _, i in sorted(items, key=lambda x: (-x[0], x[1]))[:100]]
+        first = sum(any(i.startswith("whole:") for i in merged[q][:10]) for q in qrels)
+        label = f"{label} ({len(extra)} more vectors; in the first 10 for {first} questions)"
+        rows.append(
+            [name, label, "dense", *_metrics({q: docs(merged[q]) for q in qrels}, qrels), 0.0]
+        )
+        runs = {q: docs(_fuse(merged[q], t_ids[q], 0.9, 100)) for q in qrels}
+        rows.append([name, label, "hybrid a=0.9 depth=100", *_metrics(runs, qrels), 0.0])
+    return rows
 
 
 def _fuse(dense: Sequence[str], text: Sequence[str], alpha: float, depth: int) -> list[str]:
@@ -92,8 +174,10 @@ def _fuse(dense: Sequence[str], text: Sequence[str], alpha: float, depth: int) -
     return sorted(scores, key=lambda n: (-scores[n], n))
 
 
-def _variants(sweep: bool, quick: bool = False) -> list[dict[str, Any]]:
+def _variants(sweep: bool, quick: bool = False, rule: bool = False) -> list[dict[str, Any]]:
     old = dict(chunk_size=256, chunk_overlap=32, whole=False, title=False)
+    if rule:
+        return [old, dict(old, whole=True)]
     if not sweep:
         return [old]
     big = dict(old, chunk_size=510, chunk_overlap=64, whole=True)
@@ -108,16 +192,20 @@ def _label(v: dict[str, Any]) -> str:
 
 
 def evaluate_set(
-    name: str, model: Any, url: str, sweep: bool, tmp: Path, quick: bool = False
+    name: str,
+    model: Any,
+    url: str,
+    sweep: bool,
+    tmp: Path,
+    quick: bool = False,
+    rule: bool = False,
 ) -> list[list[Any]]:
     from llama_index_crab import build_pipeline
     from llama_index_crab.eval.baseline import paragraph_baseline
-    from llama_index_crab.eval.evaluate import documents_of, load_beir, write_corpus
+    from llama_index_crab.eval.evaluate import write_corpus
 
-    source = Path(name) if Path(name).is_dir() else ROOT / "tests" / "data" / name
-    data = load_beir(source)
-    name = source.name
-    folder = tmp / name
+    name, data = load_set(name)
+    folder = tmp / name.replace(", ", "-")
     names = write_corpus(data, folder)
     rows: list[list[Any]] = []
     qrels = {q: data.qrels[q] for q in data.qrels}
@@ -128,11 +216,15 @@ def evaluate_set(
         [name, "reference: paragraphs", "", *_metrics(ref, qrels), time.perf_counter() - start]
     )
     start = time.perf_counter()
-    ref = whole_baseline(data.corpus, asked, model)
+    whole = _whole_scores(data.corpus, asked, model)
+    ref = {
+        q: [whole.ids[j] for j in np.argsort(-whole.scores[k], kind="stable")[:100]]
+        for k, q in enumerate(whole.queries)
+    }
     rows.append(
         [name, "reference: whole passage", "", *_metrics(ref, qrels), time.perf_counter() - start]
     )
-    for i, v in enumerate(_variants(sweep, quick)):
+    for i, v in enumerate(_variants(sweep, quick, rule)):
         pipe = build_pipeline(model, database_url=url, collection=f"{name}-{i}")
         start = time.perf_counter()
         report = pipe.ingest([folder], **v)
@@ -145,7 +237,13 @@ def evaluate_set(
         by_id = {h.node.node_id: h for hits in (*dense.values(), *text.values()) for h in hits}
 
         def docs(ids: Sequence[str], by_id: dict[str, Any] = by_id) -> list[str]:
-            return documents_of([by_id[i] for i in ids[:100]], names)
+            found = (
+                i.removeprefix("whole:")
+                if i.startswith("whole:")
+                else names.get(str(by_id[i].node.metadata.get("file_path")), "")
+                for i in ids[:100]
+            )
+            return list(dict.fromkeys(d for d in found if d))
 
         label = f"{_label(v)} ({report.chunks} chunks)"
         d_ids = {q: [h.node.node_id for h in dense[q]] for q in qrels}
@@ -156,19 +254,23 @@ def evaluate_set(
         rows.append(
             [name, label, "text", *_metrics({q: docs(t_ids[q]) for q in qrels}, qrels), 0.0]
         )
-        for alpha in ALPHAS if sweep or i == 0 else (0.8,):
-            for depth in DEPTHS if sweep else (100,):
+        for alpha in (0.8, 0.9) if rule else ALPHAS if sweep or i == 0 else (0.8,):
+            for depth in DEPTHS if sweep and not rule else (100,):
                 runs = {q: docs(_fuse(d_ids[q], t_ids[q], alpha, depth)) for q in qrels}
                 rows.append(
                     [name, label, f"hybrid a={alpha} depth={depth}", *_metrics(runs, qrels), 0.0]
                 )
+        if rule and i == 0:
+            rows += _whole_vectors_too(name, whole, dense, t_ids, docs, qrels, model)
         pipe.store.close()
         print(f"# {name} {label}: {seconds:.0f} s", file=sys.stderr, flush=True)
         model.save_cache()
     return rows
 
 
-def run(sets: Sequence[str] = SETS, sweep: bool = False, quick: bool = False) -> str:
+def run(
+    sets: Sequence[str] = SETS, sweep: bool = False, quick: bool = False, rule: bool = False
+) -> str:
     import logging
 
     from llama_index_crab.server import postgres as server
@@ -183,8 +285,8 @@ def run(sets: Sequence[str] = SETS, sweep: bool = False, quick: bool = False) ->
         try:
             migrate.upgrade(url)
             for name in sets:
-                rows += evaluate_set(name, model, url, sweep, tmp, quick)
-                print(_table([r for r in rows if r[0] == name]), flush=True)
+                rows += evaluate_set(name, model, url, sweep, tmp, quick, rule)
+                print(_table([r for r in rows if r[0] == rows[-1][0]]), flush=True)
         finally:
             server.stop(tmp / "pgdata")
     model.close()
@@ -205,4 +307,4 @@ def _table(rows: list[list[Any]]) -> str:
 if __name__ == "__main__":
     args = sys.argv[1:]
     chosen = [args[i + 1] for i, a in enumerate(args) if a == "--set"] or list(SETS)
-    print(run(chosen, sweep="--sweep" in args, quick="--quick" in args))
+    print(run(chosen, sweep="--sweep" in args, quick="--quick" in args, rule="--rule" in args))
