@@ -1,22 +1,21 @@
-"""`crab query` without LlamaIndex: the common case answered on the package's own parts.
+"""`crab query` without LlamaIndex or SQLAlchemy: the common case on the package's own parts.
 
-Importing LlamaIndex takes longer than the rest of a cold query together, so a query with
-no reranker, no filter and no replica embeds the question with the model runner, runs the
-store's own statements (``store.search``) on one connection and prints the same JSON as
-the full pipeline. Anything else, or anything unexpected (another collection's model, a
-schema to migrate), returns None and the pipeline answers as before.
+Importing LlamaIndex and SQLAlchemy takes longer than the rest of a cold query together, so
+a query with no reranker, no filter and no replica embeds the question with the model
+runner, runs the store's own statements (``store.compiled``) on one psycopg connection and
+prints the same JSON as the full pipeline. Anything else, or anything unexpected (another
+collection's model, a schema to migrate, a database error), returns None and the pipeline
+answers, or says what is wrong, as before.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
 __all__ = ["quick_query"]
-
-EF_SEARCH = 64  # PostgresVectorStore's default
-ITERATIVE_SCAN = "relaxed_order"
 
 
 def quick_query(text: str, opts: dict[str, Any], filters: tuple[str, ...]) -> dict[str, Any] | None:
@@ -25,43 +24,26 @@ def quick_query(text: str, opts: dict[str, Any], filters: tuple[str, ...]) -> di
     reranking = opts["rerank_model"] and not opts["no_rerank"]
     if reranking or filters or opts["read_urls"] or not text.strip():
         return None
-    import sqlalchemy as sa
+    import psycopg
 
-    from ..errors import CollectionMismatchError, CollectionNotFoundError, SchemaError
-    from ..pipeline import default_embed_model, resolve_database_url
-    from ..store import migrate
-    from ..store.collections import get_collection
-    from ..store.db import to_url, translate_errors
+    from ..store import plain
 
-    url = resolve_database_url(opts["database_url"])
-    engine = sa.create_engine(to_url(url), poolclass=sa.NullPool)
+    connection = plain.connect(_database_url(opts["database_url"]))
+    if connection is None:
+        return None
     try:
-        with translate_errors(engine.url), engine.connect() as connection:
-            try:
-                migrate.check(connection)
-                collection = get_collection(connection, opts["collection"])
-            except (SchemaError, CollectionNotFoundError):
-                return None  # the pipeline says what to do
-            terms = sa.text("SELECT numnode(plainto_tsquery(CAST(:config AS regconfig), :text))")
-            config = collection.text_search_config
-            if not connection.scalar(terms, {"config": config, "text": text}):
-                return None  # only stop words: the pipeline says there is nothing to search
-            model = opts["embed_model"] or default_embed_model(collection.identity.model)
-            found = _embed(text, model, collection, opts["mode"], opts["n_gpu_layers"])
-            if found is None:
-                return None
-            vector, embed_seconds = found
-            try:
-                hits, search_seconds = _search(connection, collection, text, vector, opts)
-            except CollectionMismatchError:
-                return None
-    finally:
-        engine.dispose()
-    timings = {"embed": embed_seconds} if vector is not None else {}
-    timings["search"] = search_seconds
-    mode = opts["mode"]
+        with connection:
+            found = _answer(connection, text, opts)
+    except psycopg.Error:
+        return None  # the pipeline runs it again and reports it as the store does
+    if found is None:
+        return None
+    hits, timings = found
     # as query_json words a search without a reranker
-    stages = f"{mode} search, not reranked (no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
+    stages = (
+        f"{opts['mode']} search, not reranked "
+        "(no reranker set: --rerank-model or CRAB_RERANK_MODEL)"
+    )
     rows = [
         {
             "rank": i,
@@ -77,16 +59,56 @@ def quick_query(text: str, opts: dict[str, Any], filters: tuple[str, ...]) -> di
     return {"query": text, "stages": stages, "results": rows, "timings_ms": spent}
 
 
+def _database_url(url: str | None) -> str:
+    """``resolve_database_url`` without its migration check (done here, on this connection)."""
+    chosen = url or os.environ.get("CRAB_DATABASE_URL")
+    if chosen:
+        return chosen
+    from ..server import postgres as server
+
+    return server.start()
+
+
+def _answer(connection: Any, text: str, opts: dict[str, Any]) -> Any:
+    """(hits, seconds per stage), or None when the pipeline must answer."""
+    from ..pipeline import default_embed_model
+    from ..store import compiled
+    from ..store.identity import collection_from_row
+    from ..store.plain import run
+
+    shared = compiled.shared()
+    if run(connection, shared["has_version_table"])[0][0] is None:
+        return None
+    if [row[0] for row in run(connection, shared["versions"])] != [shared["head"]]:
+        return None  # the pipeline migrates the embedded server, or says to
+    rows = run(connection, shared["collection"], dicts=True, name=opts["collection"])
+    if not rows:
+        return None  # the pipeline says what to do
+    collection = collection_from_row(rows[0])
+    config = collection.text_search_config
+    if not run(connection, shared["has_terms"], config=config, text=text)[0][0]:
+        return None  # only stop words: the pipeline says there is nothing to search
+    model = opts["embed_model"] or default_embed_model(collection.identity.model)
+    found = _embed(text, model, collection, opts["mode"], opts["n_gpu_layers"])
+    if found is None:
+        return None
+    vector, timings = found
+    start = time.perf_counter()
+    hits = _search(connection, compiled.for_collection(collection), text, vector, opts)
+    timings["search"] = time.perf_counter() - start
+    return hits, timings
+
+
 def _embed(text: str, model: str, collection: Any, mode: str, n_gpu_layers: int) -> Any:
-    """(unit query vector or None for text search, seconds); None when the model is not
-    the collection's (as ``LlamaCppEmbedding.identity()`` sees it) or not plain."""
+    """(unit query vector or None for text search, seconds per stage); None when the model
+    is not the collection's (as ``LlamaCppEmbedding.identity()`` sees it) or not plain."""
     import numpy as np
 
     from ..models.gguf import file_identity, gguf_pooling, read_metadata, resolve_model_path
-    from ..models.runtime import GpuOptions, LlamaRunner
+    from ..models.runtime import LlamaRunner, gpu_settings
     from ..models.weights import model_file
     from ..pipeline import recorded_weights
-    from ..store.collections import EmbeddingIdentity
+    from ..store.identity import EmbeddingIdentity
 
     # The file build_pipeline's embedder loads, and the one its identity names.
     source = resolve_model_path(model)
@@ -107,10 +129,10 @@ def _embed(text: str, model: str, collection: Any, mode: str, n_gpu_layers: int)
     ):
         return None
     if mode == "text":
-        return None, 0.0
+        return None, {}
     start = time.perf_counter()
-    gpu = GpuOptions(n_gpu_layers=n_gpu_layers).gpu_options()
-    runner = LlamaRunner(path, n_contexts=1, gpu=gpu)
+    # One short sequence: a second thread would mostly wait for the first.
+    runner = LlamaRunner(path, n_contexts=1, n_threads=1, gpu=gpu_settings(n_gpu_layers))
     try:
         info = runner.info
         body = runner.tokenize(text)
@@ -124,41 +146,39 @@ def _embed(text: str, model: str, collection: Any, mode: str, n_gpu_layers: int)
     norm = float(np.linalg.norm(vector))
     if not np.isfinite(norm) or norm < 1e-6:
         return None  # the pipeline reports the model's fault
-    return vector / norm, time.perf_counter() - start
+    return vector / norm, {"embed": time.perf_counter() - start}
 
 
 def _search(
-    connection: Any, collection: Any, text: str, vector: Any, opts: dict[str, Any]
-) -> tuple[list[Any], float]:
+    connection: Any, statements: dict[str, Any], text: str, vector: Any, opts: dict[str, Any]
+) -> list[Any]:
     """The hits of PostgresVectorStore's unfiltered dense, text or hybrid query, as
     ``Pipeline.search`` asks for them without a reranker."""
-    import sqlalchemy as sa
-
-    from ..store import search
+    from ..store.compiled import EF_SEARCH, HNSW_MAX_EF_SEARCH
+    from ..store.hits import fuse, hit, vector_text
     from ..store.modes import HYBRID_DEPTH
+    from ..store.plain import run
 
     mode = opts["mode"]
     top_k, top_n = opts["top_k"], opts["top_n"]
     n = top_n if top_n is not None else top_k if top_k is not None else 5
     k = top_k if top_k is not None else n
-    start = time.perf_counter()
-    predicate, _ = search.where(collection, None)
     text_hits: list[Any] = []
     if mode != "dense":
         sparse_k = max(k, HYBRID_DEPTH) if mode == "hybrid" else k
-        connection.execute(sa.select(search.CUSTOM_PLANS))
-        statement = search.text(collection, text, sparse_k, predicate)
-        text_hits = [search.hit(row) for row in connection.execute(statement)]
+        run(connection, statements["custom_plans"])
+        found = run(connection, statements["text"], query=text, k=sparse_k)
+        text_hits = [hit(row) for row in found]
         if mode == "text":
-            return text_hits[:n], time.perf_counter() - start
+            return text_hits[:n]
     fetch = max(k, HYBRID_DEPTH) if mode == "hybrid" else k
-    ef_search = min(max(EF_SEARCH, fetch), 1000)
-    connection.execute(search.settings(ef_search, ITERATIVE_SCAN, None))
-    statement = search.dense(collection, vector, fetch, predicate, exact=False)
-    rows = sorted(connection.execute(statement).all(), key=lambda row: -float(row.score))
-    dense = [search.hit(row) for row in rows]
-    hits = dense if mode == "dense" else search.fuse(dense, text_hits, k, None)
-    return hits[:n], time.perf_counter() - start
+    ef_search = min(max(EF_SEARCH, fetch), HNSW_MAX_EF_SEARCH)
+    run(connection, statements["settings"], ef_search=str(ef_search))
+    rows = run(connection, statements["dense"], vector=vector_text(vector), k=fetch)
+    # relaxed_order iterative scans may swap a few
+    dense = [hit(row) for row in sorted(rows, key=lambda row: -float(row[4]))]
+    hits = dense if mode == "dense" else fuse(dense, text_hits, k, None)
+    return hits[:n]
 
 
 def _source(node_id: str, metadata: dict[str, Any]) -> str:

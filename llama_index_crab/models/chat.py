@@ -25,7 +25,8 @@ from pydantic import Field, PrivateAttr
 
 from ..errors import ModelError
 from .gguf import resolve_model_path
-from .runtime import GpuOptions, install_log_callback
+from .options import GpuOptions
+from .runtime import install_log_callback
 
 __all__ = ["LlamaCppChat", "default_chat_model"]
 

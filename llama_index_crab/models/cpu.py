@@ -57,12 +57,19 @@ def has_bf16_dot() -> bool:
 def llama_build() -> str:
     """llama-cpp-python's version and a hash of llama.cpp's system info (the instruction sets
     and backends it was built with): a rebuilt llama.cpp is another build."""
-    import llama_cpp
+    import sys
 
-    info = llama_cpp.llama_print_system_info().decode(errors="replace")
-    return (
-        f"llama-cpp-python {llama_cpp.__version__} {hashlib.sha256(info.encode()).hexdigest()[:12]}"
-    )
+    from .bindings import llama_cpp
+
+    info = llama_cpp().llama_print_system_info().decode(errors="replace")
+    package = sys.modules.get("llama_cpp")
+    if package is not None:
+        version = str(package.__version__)
+    else:
+        from importlib.metadata import version as installed
+
+        version = installed("llama_cpp_python")
+    return f"llama-cpp-python {version} {hashlib.sha256(info.encode()).hexdigest()[:12]}"
 
 
 def time_decodes(

@@ -23,9 +23,10 @@ from .gguf import (
     read_metadata,
     resolve_model_path,
 )
+from .options import GpuOptions, WeightsOption
 from .prompts import Prompts, prompts_for
-from .runtime import GpuOptions, LlamaRunner, load_once, runner_for
-from .weights import WeightsOption, model_file
+from .runtime import LlamaRunner, load_once, runner_for
+from .weights import model_file
 
 if TYPE_CHECKING:
     from ..store.collections import EmbeddingIdentity

@@ -23,8 +23,9 @@ from .gguf import (
     resolve_model_path,
     tensor_names,
 )
-from .runtime import GpuOptions, LlamaRunner, load_once, runner_for
-from .weights import WeightsOption, model_file
+from .options import GpuOptions, WeightsOption
+from .runtime import LlamaRunner, load_once, runner_for
+from .weights import model_file
 
 __all__ = ["LlamaCppRerank"]
 

@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from ..errors import EmbeddingModeError, ModelError
+from . import bindings
 from .batching import plan_batches
 from .cpu import cpu_flags
 from .gguf import (
@@ -34,9 +34,9 @@ from .wordpiece import WordPiece
 __all__ = [
     "SPLIT_MODES",
     "DecodeContext",
-    "GpuOptions",
     "LlamaRunner",
     "ModelInfo",
+    "gpu_settings",
     "install_log_callback",
     "load_once",
     "model_params",
@@ -56,7 +56,7 @@ def install_log_callback() -> None:
     global _log_callback
     if _log_callback is not None:
         return
-    import llama_cpp
+    llama_cpp = bindings.llama_cpp()
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
@@ -93,29 +93,20 @@ class ModelInfo:
     strip_accents: bool = True
 
 
-class GpuOptions(BaseModel):
-    """llama.cpp's GPU offload settings, shared by the model classes. A CPU-only build of
-    llama-cpp-python accepts and ignores them."""
-
-    n_gpu_layers: int = Field(
-        default=0, ge=-1, description="Layers offloaded to the GPU: 0 none, -1 all."
-    )
-    main_gpu: int = Field(default=0, ge=0, description="The GPU for the whole model or scratch.")
-    split_mode: Literal["none", "layer", "row"] = Field(
-        default="layer", description="How several GPUs share the model."
-    )
-    tensor_split: list[float] | None = Field(
-        default=None, description="Share of the model per GPU, e.g. [3, 1]."
-    )
-
-    def gpu_options(self) -> dict[str, Any]:
-        """The settings as llama-cpp-python's ``Llama(...)`` takes them."""
-        return {
-            "n_gpu_layers": self.n_gpu_layers,
-            "main_gpu": self.main_gpu,
-            "split_mode": SPLIT_MODES.index(self.split_mode),
-            "tensor_split": self.tensor_split,
-        }
+def gpu_settings(
+    n_gpu_layers: int = 0,
+    main_gpu: int = 0,
+    split_mode: str = "layer",
+    tensor_split: list[float] | None = None,
+) -> dict[str, Any]:
+    """GPU offload settings as ``LlamaRunner(gpu=...)`` and llama-cpp-python's ``Llama(...)``
+    take them (``split_mode`` by name: none, layer or row)."""
+    return {
+        "n_gpu_layers": n_gpu_layers,
+        "main_gpu": main_gpu,
+        "split_mode": SPLIT_MODES.index(split_mode),
+        "tensor_split": tensor_split,
+    }
 
 
 def model_params(
@@ -126,7 +117,7 @@ def model_params(
 ) -> tuple[Any, Any]:
     """``llama_model_params`` with the GPU settings, plus an object to keep alive while
     the model loads (the tensor-split array the params point to)."""
-    import llama_cpp
+    llama_cpp = bindings.llama_cpp()
 
     params = llama_cpp.llama_model_default_params()
     params.use_extra_bufts = not _amx_cpu()
@@ -157,7 +148,7 @@ class DecodeContext:
     """One llama.cpp context plus a reusable batch whose arrays numpy fills."""
 
     def __init__(self, ctx: Any, n_tokens: int, n_embd_in: int) -> None:
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         self.ctx = ctx
         self.capacity = n_tokens
@@ -215,11 +206,11 @@ class LlamaRunner:
         flash_attn: bool = True,
         gpu: dict[str, Any] | None = None,
     ) -> None:
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         install_log_callback()
         llama_cpp.llama_backend_init()
-        self._own = not isinstance(model, llama_cpp.Llama)
+        self._own = not bindings.is_llama(model)
         self._lock = threading.Lock()
         self._wp: WordPiece | None = None
         self._closed = False
@@ -269,7 +260,7 @@ class LlamaRunner:
 
     @property
     def n_embd_in(self) -> int:
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         return int(llama_cpp.llama_model_n_embd_inp(self._model))
 
@@ -279,7 +270,7 @@ class LlamaRunner:
         return self.info.n_cls_out if self.pooling == "rank" else self.info.n_embd
 
     def _choose_pooling(self, pooling: str | None, model: Any) -> str:
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         if not self._own:
             return POOLINGS[llama_cpp.llama_pooling_type(model.ctx)]
@@ -299,7 +290,7 @@ class LlamaRunner:
         return pooling
 
     def _new_context(self, ubatch: int, threads: int, flash_attn: bool) -> Any:
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         p = llama_cpp.llama_context_default_params()
         p.n_ctx = p.n_batch = p.n_ubatch = ubatch
@@ -378,7 +369,7 @@ class LlamaRunner:
 
     def _set_threads(self, n: int) -> None:
         """One batch uses every thread; several batches run side by side, threads split."""
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         if n and n != getattr(self, "_current_threads", None):
             for c in list(self._contexts.queue):
@@ -400,7 +391,7 @@ class LlamaRunner:
         embeds: Sequence[np.ndarray] | None,
         token_level: bool,
     ) -> list[np.ndarray]:
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         n = c.fill(seqs, embeds)
         mem = llama_cpp.llama_get_memory(c.ctx)
@@ -429,7 +420,7 @@ class LlamaRunner:
 
     def close(self) -> None:
         """Free the contexts and the model (a Llama handed in is left to its owner)."""
-        import llama_cpp
+        llama_cpp = bindings.llama_cpp()
 
         with self._lock:
             if self._closed:
@@ -463,7 +454,7 @@ def runner_for(owner: Any, pooling: str | None, n_contexts: int | None = None) -
     """A runner from a model class's fields (``_llm`` or ``model_path``, batching, threads,
     GPU offload)."""
     gpu = owner.gpu_options()
-    if owner._llm is not None and gpu != GpuOptions().gpu_options():
+    if owner._llm is not None and gpu != gpu_settings():
         raise ValueError(
             "GPU options apply when the model is loaded from a path; create the "
             "llama_cpp.Llama with n_gpu_layers=... (and main_gpu, split_mode) instead"
@@ -481,7 +472,7 @@ def runner_for(owner: Any, pooling: str | None, n_contexts: int | None = None) -
 
 
 def _tokenize(model: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-    import llama_cpp
+    llama_cpp = bindings.llama_cpp()
 
     vocab = llama_cpp.llama_model_get_vocab(model)
     data = text.encode("utf-8", "replace")
@@ -496,7 +487,7 @@ def _tokenize(model: Any, text: str, *, add_special: bool, parse_special: bool) 
 
 
 def _meta(model: Any, key: str) -> str | None:
-    import llama_cpp
+    llama_cpp = bindings.llama_cpp()
 
     buf = ctypes.create_string_buffer(4096)
     n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buf, len(buf))
@@ -509,7 +500,7 @@ def _meta(model: Any, key: str) -> str | None:
 
 
 def _read_info(model: Any, path: Path | None) -> ModelInfo:
-    import llama_cpp
+    llama_cpp = bindings.llama_cpp()
 
     vocab = llama_cpp.llama_model_get_vocab(model)
     arch = _meta(model, "general.architecture") or "unknown"

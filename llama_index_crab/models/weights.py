@@ -19,9 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, overload
-
-from pydantic import BaseModel, Field, PrivateAttr
+from typing import overload
 
 from ..errors import ModelError
 from .gguf import cache_root, file_sha256
@@ -30,7 +28,6 @@ __all__ = [
     "WEIGHTS",
     "WIDENABLE",
     "Choice",
-    "WeightsOption",
     "cache_dir",
     "choose",
     "copy",
@@ -66,25 +63,6 @@ def file_type(path: Path) -> int | None:
 
     value = read_metadata(path).get("general.file_type")
     return int(str(value)) if value is not None else None
-
-
-class WeightsOption(BaseModel):
-    """The weights a model class loads, shared by LlamaCppEmbedding and LlamaCppRerank."""
-
-    weights: Literal["auto", "file", "f32", "bf16"] = Field(
-        default="auto",
-        description="'auto': the fastest on this CPU of the file, its float32 copy and (on "
-        "CPUs with bf16 dot products) its bf16 copy, timed once and remembered; 'file', "
-        "'f32', 'bf16' force one. Copies are made once in the cache.",
-    )
-    _source: Path | None = PrivateAttr(default=None)
-
-    def identity_file(self) -> Path:
-        """The file a collection identity names: the model's own file for "auto" and "file"
-        (whichever weights "auto" loads compute its model), the copy for a forced choice."""
-        if self._source is not None and self.weights in ("auto", "file"):
-            return self._source
-        return Path(str(getattr(self, "model_path", "")))
 
 
 @overload
@@ -306,9 +284,10 @@ def _no_room(src: Path, folder: Path, kind: str) -> str | None:
 
 
 def _quantize(src: Path, dst: Path, kind: str) -> None:
-    import llama_cpp
-
+    from .bindings import llama_cpp as bindings
     from .runtime import install_log_callback
+
+    llama_cpp = bindings()
 
     install_log_callback()
     params = llama_cpp.llama_model_quantize_default_params()

@@ -85,7 +85,9 @@ class WordPiece:
     """Words split as BERT's basic tokenizer does, then greedy longest-match pieces."""
 
     def __init__(self, model: Any, lowercase: bool = True, strip_accents: bool = True) -> None:
-        import llama_cpp
+        from .bindings import llama_cpp as bindings
+
+        llama_cpp = bindings()
 
         vocab = llama_cpp.llama_model_get_vocab(model)
         self.unk = 100  # [UNK] in BERT's vocabularies; read below when present

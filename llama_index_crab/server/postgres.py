@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import sqlalchemy as sa
-
 from ..errors import DatabaseUnavailableError
-from ..store.db import to_url
 from . import processes
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 __all__ = ["ServerStatus", "data_dir", "start", "status", "stop", "tuning", "url"]
 
@@ -94,6 +95,10 @@ def _password(pgdata: Path) -> str | None:
 @contextmanager
 def _admin(url: str) -> Iterator[sa.Connection]:
     """An autocommit connection to the server's ``postgres`` database."""
+    import sqlalchemy as sa
+
+    from ..store.db import to_url
+
     admin = to_url(url).set(database="postgres")
     engine = sa.create_engine(admin, poolclass=sa.NullPool, isolation_level="AUTOCOMMIT")
     try:
@@ -173,6 +178,10 @@ def _prepare(pgdata: Path, account: processes.Account) -> str:
 def _secure(pgdata: Path, url: str, account: processes.Account) -> bool:
     """Set the password and password-only access if the directory predates them; whether
     the server needs a restart to take the settings of :func:`tuning`."""
+    import sqlalchemy as sa
+
+    from ..store.db import to_url
+
     hba = pgdata / "pg_hba.conf"
     try:
         with _admin(url) as connection:
@@ -215,6 +224,8 @@ _CREATED_MEANWHILE = ("23505", "42P04")
 
 
 def _ensure_database(url: str) -> None:
+    import sqlalchemy as sa
+
     with _admin(url) as connection:
         exists = sa.text("SELECT 1 FROM pg_database WHERE datname = :name")
         if connection.scalar(exists, {"name": DATABASE}) is None:
@@ -223,6 +234,8 @@ def _ensure_database(url: str) -> None:
 
 def _create_database(connection: sa.Connection, name: str) -> None:
     """CREATE DATABASE ``name``; one created meanwhile by another start counts as done."""
+    import sqlalchemy as sa
+
     try:
         connection.execute(sa.text(f"CREATE DATABASE {name}"))
     except sa.exc.DBAPIError as exc:

@@ -9,29 +9,30 @@ only place that runs DDL, and only when called explicitly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
-from pgvector.sqlalchemy import HALFVEC, VECTOR
-from sqlalchemy.types import UserDefinedType
 
-from ..errors import CollectionMismatchError, CollectionNotFoundError
+from ..errors import CollectionNotFoundError
 from .copy import check_storable
 from .db import transaction
-from .schema import (
+from .identity import (
     HNSW_INDEX_PREFIX,
-    SYNC_FUNCTION_PREFIX,
+    PRECISIONS,
     TEXT_INDEX_PREFIX,
-    collections,
-    nodes,
-    sync_sources,
+    Collection,
+    EmbeddingIdentity,
+    collection_from_row,
 )
+from .schema import SYNC_FUNCTION_PREFIX, collections, nodes, sync_sources
 
 __all__ = [
     "Collection",
     "CollectionInfo",
     "EmbeddingIdentity",
     "build_index",
+    "by_name",
     "collection_exists",
     "create_collection",
     "drop_collection",
@@ -40,86 +41,9 @@ __all__ = [
     "list_collections",
 ]
 
-POOLINGS = ("mean", "cls", "last")
-PRECISIONS = ("vector", "halfvec")
 # PostgreSQL's btree index on the name holds entries up to ~2700 bytes.
 MAX_NAME_BYTES = 2000
 Bind = str | sa.URL | sa.Engine
-
-
-@dataclass(frozen=True)
-class EmbeddingIdentity:
-    """What produced a collection's vectors: the model, its dimension, pooling and prefixes."""
-
-    model: str
-    dimension: int
-    pooling: str
-    query_prefix: str = ""
-    text_prefix: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model must be a non-empty string, e.g. the GGUF file name and hash")
-        if isinstance(self.dimension, bool) or not 1 <= self.dimension <= 16000:
-            raise ValueError(f"dimension must be an int from 1 to 16000, got {self.dimension!r}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-
-    def describe(self) -> str:
-        return f"model {self.model!r} ({self.dimension}-dim, {self.pooling} pooling)"
-
-    @property
-    def model_key(self) -> str:
-        """What identifies the model: the content hash of ``name@hash`` (as
-        ``LlamaCppEmbedding.identity()`` makes it), so a renamed copy of the same file
-        is the same model; any other model string as it is."""
-        name, at, digest = self.model.rpartition("@")
-        return digest if at and name and digest else self.model
-
-
-@dataclass(frozen=True)
-class Collection:
-    """A collection row: its identity and how its vectors are indexed."""
-
-    id: int
-    name: str
-    identity: EmbeddingIdentity
-    precision: str
-    hnsw_m: int
-    hnsw_ef_construction: int
-    text_search_config: str
-
-    @property
-    def index_name(self) -> str:
-        return f"{HNSW_INDEX_PREFIX}{self.id}"
-
-    @property
-    def text_index_name(self) -> str:
-        return f"{TEXT_INDEX_PREFIX}{self.id}"
-
-    @property
-    def dimension(self) -> int:
-        return self.identity.dimension
-
-    def vector_type(self) -> UserDefinedType[object]:
-        """The typed cast the index is built on; queries must use exactly this."""
-        return HALFVEC(self.dimension) if self.precision == "halfvec" else VECTOR(self.dimension)
-
-    def check(self, identity: EmbeddingIdentity) -> None:
-        """Raise :class:`CollectionMismatchError` unless ``identity`` is this collection's."""
-        differ = [
-            f.name
-            for f in fields(identity)
-            if f.name != "model" and getattr(identity, f.name) != getattr(self.identity, f.name)
-        ]
-        if identity.model_key != self.identity.model_key:
-            differ.insert(0, "model")
-        if differ:
-            raise CollectionMismatchError(
-                f"collection {self.name!r} holds vectors of {self.identity.describe()} but "
-                f"this store uses {identity.describe()} (different: {', '.join(differ)}); "
-                "use another collection or re-embed into a new one"
-            )
 
 
 @dataclass(frozen=True)
@@ -129,22 +53,6 @@ class CollectionInfo:
     dimension: int
     count: int
     indexed: bool
-
-
-def _row_to_collection(row: sa.Row[tuple[object, ...]]) -> Collection:
-    m = row._mapping
-    identity = EmbeddingIdentity(
-        m["model"], m["dimension"], m["pooling"], m["query_prefix"], m["text_prefix"]
-    )
-    return Collection(
-        m["id"],
-        m["name"],
-        identity,
-        m["precision"],
-        m["hnsw_m"],
-        m["hnsw_ef_construction"],
-        m["text_search_config"],
-    )
 
 
 def _check_name(name: object) -> None:
@@ -160,16 +68,21 @@ def _check_name(name: object) -> None:
         )
 
 
+def by_name(name: str) -> sa.Select[Any]:
+    """The collection row whose name is the parameter ``name``."""
+    return sa.select(collections).where(collections.c.name == sa.bindparam("name", name))
+
+
 def get_collection(connection: sa.Connection, name: str) -> Collection:
     _check_name(name)
-    row = connection.execute(sa.select(collections).where(collections.c.name == name)).first()
+    row = connection.execute(by_name(name)).first()
     if row is None:
         raise CollectionNotFoundError(
             f"no collection named {name!r}; see `crab collections`, or create it by "
             f"ingesting into it: `crab ingest PATH --collection {name!r}` "
             "(from Python: store.create_collection())"
         )
-    return _row_to_collection(row)
+    return collection_from_row(row._mapping)
 
 
 def create_collection(

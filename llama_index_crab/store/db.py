@@ -6,11 +6,11 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
-from urllib.parse import quote
 
 import sqlalchemy as sa
 
 from ..errors import CollectionNotFoundError, DatabaseUnavailableError, SchemaError, StoreError
+from .plain import quote_userinfo
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,7 +24,7 @@ _MASK = "***"
 def to_url(url: str | sa.URL) -> sa.URL:
     """Parse ``url`` and select the psycopg 3 driver; other drivers are refused."""
     try:
-        parsed = sa.make_url(_quote_userinfo(url) if isinstance(url, str) else url)
+        parsed = sa.make_url(quote_userinfo(url) if isinstance(url, str) else url)
     except sa.exc.ArgumentError:  # its message holds the URL, password and all
         raise ValueError(f"not a database URL: {mask_url(url)!r}") from None
     if parsed.drivername in ("postgresql", "postgres", DRIVER):
@@ -33,18 +33,6 @@ def to_url(url: str | sa.URL) -> sa.URL:
         f"unsupported database URL scheme {parsed.drivername!r}; "
         "use postgresql:// or postgresql+psycopg:// (psycopg 3)"
     )
-
-
-def _quote_userinfo(url: str) -> str:
-    """``url`` with a user name or password that holds an unencoded ``@`` percent-encoded,
-    so the host is what follows the last ``@`` (as a person reading it would expect)."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, _, host = rest.rpartition("@")
-    if not sep or "@" not in userinfo or "/" in userinfo or "?" in userinfo:
-        return url
-    user, colon, password = userinfo.partition(":")
-    quoted = quote(user, safe="") + (colon + quote(password, safe="") if colon else "")
-    return f"{scheme}://{quoted}@{host}"
 
 
 def mask_url(url: str | sa.URL) -> str:

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 
 from ..errors import CrabError, PgvectorMissingError, SchemaError
 from .db import mask_url, transaction
-from .schema import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX, VERSION_TABLE
+from .identity import HNSW_INDEX_PREFIX, TEXT_INDEX_PREFIX
+from .schema import VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -39,6 +40,10 @@ __all__ = [
     "include_object",
     "upgrade",
 ]
+
+# The revision the database is at: whether the version table exists, then its rows.
+HAS_VERSION_TABLE = "SELECT to_regclass(:name)"
+VERSIONS = f"SELECT version_num FROM {VERSION_TABLE}"
 
 
 def migrations_dir() -> Path:
@@ -120,10 +125,10 @@ def current(url_or_engine: str | sa.URL | sa.Engine | sa.Connection) -> str | No
     if not isinstance(url_or_engine, sa.Connection):
         with transaction(url_or_engine) as connection:
             return current(connection)
-    table = url_or_engine.scalar(sa.text("SELECT to_regclass(:name)"), {"name": VERSION_TABLE})
+    table = url_or_engine.scalar(sa.text(HAS_VERSION_TABLE), {"name": VERSION_TABLE})
     if table is None:
         return None
-    rows = url_or_engine.scalars(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).all()
+    rows = url_or_engine.scalars(sa.text(VERSIONS)).all()
     if len(rows) <= 1:
         return str(rows[0]) if rows else None
     from alembic.runtime.migration import MigrationContext  # several heads: Alembic says

@@ -29,10 +29,6 @@ ischema_names["xid8"] = XID8
 
 
 VERSION_TABLE = "crab_alembic_version"
-HNSW_INDEX_PREFIX = "crab_nodes_hnsw_"
-# Each collection's full-text (GIN) index, partial like its HNSW index, so a term's index
-# scan reads this collection's rows only, not every collection's (migration 0004).
-TEXT_INDEX_PREFIX = "crab_nodes_text_"
 # A 384-dim vector plus the node JSON passes the default 2 kB TOAST threshold, and
 # trying to compress incompressible floats costs a third of the ingest time.
 NO_TOAST = {"toast_tuple_target": 8160}

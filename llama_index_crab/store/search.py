@@ -1,4 +1,5 @@
-"""Query statements (dense, exact, full-text) and reciprocal-rank fusion."""
+"""Query statements (dense, exact, full-text). The values a query varies are named
+parameters (``query``, ``k``, ``vector``, ``ef_search``): ``store.compiled`` keeps their SQL."""
 
 from __future__ import annotations
 
@@ -11,19 +12,35 @@ from pgvector.sqlalchemy import VECTOR
 from sqlalchemy.dialects.postgresql import REGCONFIG
 from sqlalchemy.sql.elements import ColumnElement
 
-from .collections import Collection
+from .hits import DEFAULT_ALPHA, RRF_K, Hit, fuse, hit, stored_metadata, vector_text
+from .identity import Collection
 from .schema import nodes
 
 if TYPE_CHECKING:
     from llama_index.core.vector_stores.types import MetadataFilters
 
-# node id, text, metadata (with ``_node_content``), score
-Hit = tuple[str, str, dict[str, Any], float]
-RRF_K = 60
-# The dense ranking's weight in the fusion, chosen across the labelled sets in tests/data
-# (benchmarks/corpora.py; the README has the sweep): the highest weight at which hybrid was
-# never below dense alone on any of them.
-DEFAULT_ALPHA = 0.9
+__all__ = [
+    "COMMON_ROWS",
+    "CUSTOM_PLANS",
+    "DEFAULT_ALPHA",
+    "HAS_TERMS",
+    "MATCH_BUDGET",
+    "RRF_K",
+    "STORED",
+    "Hit",
+    "dense",
+    "fuse",
+    "hit",
+    "probe",
+    "settings",
+    "stored_metadata",
+    "text",
+    "vector_text",
+    "where",
+]
+
+# Whether a text holds a word the collection's full-text search keeps (not only stop words).
+HAS_TERMS = "SELECT numnode(plainto_tsquery(CAST(:config AS regconfig), :text))"
 STORED = (nodes.c.node_id, nodes.c.text, nodes.c.metadata, nodes.c.node_content)
 
 
@@ -50,20 +67,13 @@ def where(
     return sa.and_(*parts), len(parts) > 1
 
 
-def stored_metadata(metadata: dict[str, Any], node_content: str) -> dict[str, Any]:
-    """The ``STORED`` columns back as LlamaIndex's metadata dict (``_node_content`` in it),
-    what ``metadata_dict_to_node`` reads."""
-    return {**metadata, "_node_content": node_content}
-
-
-def hit(row: Sequence[Any]) -> Hit:
-    """A ``Hit`` from a row of node id, text, metadata, node content, score."""
-    node_id, text, metadata, node_content, score = row[:5]
-    return str(node_id), str(text), stored_metadata(metadata, node_content), float(score)
+def _k(k: int) -> sa.BindParameter[int]:
+    """The row limit as the named parameter ``k`` (the quick path passes it by name)."""
+    return sa.bindparam("k", k, sa.Integer)
 
 
 def _vector_literal(vector: np.ndarray) -> ColumnElement[str]:
-    return sa.literal("[" + ",".join(map(repr, vector.astype(float).tolist())) + "]", sa.Text)
+    return sa.bindparam("vector", vector_text(vector), sa.Text)
 
 
 def dense(
@@ -91,7 +101,7 @@ def dense(
     columns = [*STORED, (-distance).label("score")]
     if with_embedding:
         columns.append(nodes.c.embedding)
-    return sa.select(*columns).where(predicate).order_by(distance).limit(k)
+    return sa.select(*columns).where(predicate).order_by(distance).limit(_k(k))
 
 
 def probe(
@@ -150,9 +160,8 @@ def text(
     match_budget = MATCH_BUDGET if match_budget is None else match_budget
     config = sa.cast(sa.literal(collection.text_search_config), REGCONFIG)
     in_collection = nodes.c.collection_id == sa.literal_column(str(int(collection.id)))
-    lexemes = sa.func.unnest(
-        sa.func.tsvector_to_array(sa.func.to_tsvector(config, sa.literal(query, sa.Text)))
-    ).column_valued("lexeme")
+    words = sa.func.to_tsvector(config, sa.bindparam("query", query, sa.Text))
+    lexemes = sa.func.unnest(sa.func.tsvector_to_array(words)).column_valued("lexeme")
     terms = sa.select(
         lexemes.label("lexeme"),
         sa.func.plainto_tsquery(sa.cast(sa.literal("simple"), REGCONFIG), lexemes).label("q"),
@@ -195,7 +204,7 @@ def text(
         .where(predicate)
         .group_by(nodes.c.node_id)
         .order_by(sa.literal_column("score").desc(), nodes.c.node_id)
-        .limit(k)
+        .limit(_k(k))
         .subquery("scores")
     )
     return (
@@ -221,7 +230,7 @@ def settings(ef_search: int, iterative_scan: str, max_scan_tuples: int | None) -
     then the exact path if a very selective filter leaves fewer than k.
     """
     values = [
-        sa.func.set_config("hnsw.ef_search", str(int(ef_search)), True),
+        sa.func.set_config("hnsw.ef_search", sa.bindparam("ef_search", str(int(ef_search))), True),
         sa.func.set_config("hnsw.iterative_scan", iterative_scan, True),
         sa.func.set_config("enable_sort", "off", True),
         CUSTOM_PLANS,
@@ -229,20 +238,3 @@ def settings(ef_search: int, iterative_scan: str, max_scan_tuples: int | None) -
     if max_scan_tuples is not None:
         values.append(sa.func.set_config("hnsw.max_scan_tuples", str(int(max_scan_tuples)), True))
     return sa.select(*values)
-
-
-def fuse(
-    dense_hits: Sequence[Hit], text_hits: Sequence[Hit], k: int, alpha: float | None
-) -> list[Hit]:
-    """Reciprocal-rank fusion: ``score = a/(60 + rank_dense) + (1-a)/(60 + rank_text)``,
-    ``a`` = ``alpha`` (default ``DEFAULT_ALPHA``). Ranks, not raw scores, are fused, since
-    cosine and text ranks are not comparable."""
-    weight = DEFAULT_ALPHA if alpha is None else alpha
-    scores: dict[str, float] = {}
-    rows: dict[str, Hit] = {}
-    for hits, w in ((dense_hits, weight), (text_hits, 1.0 - weight)):
-        for rank, hit in enumerate(hits, start=1):
-            scores[hit[0]] = scores.get(hit[0], 0.0) + w / (RRF_K + rank)
-            rows.setdefault(hit[0], hit)
-    best = sorted(scores, key=lambda node_id: (-scores[node_id], node_id))[:k]
-    return [(*rows[node_id][:3], scores[node_id]) for node_id in best]

@@ -31,6 +31,7 @@ from . import documents as _documents
 from . import mmr as _mmr
 from . import search as _search
 from .collections import Collection, EmbeddingIdentity, create_collection, get_collection
+from .compiled import EF_SEARCH, HNSW_MAX_EF_SEARCH, ITERATIVE_SCAN
 from .copy import (
     acopy_payload,
     copy_payload,
@@ -48,7 +49,6 @@ __all__ = ["PostgresVectorStore"]
 _TEXT_MODES = (VectorStoreQueryMode.TEXT_SEARCH, VectorStoreQueryMode.SPARSE)
 _DENSE_MODES = (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.MMR)
 _MODES = (*_DENSE_MODES, VectorStoreQueryMode.HYBRID, *_TEXT_MODES)
-HNSW_MAX_EF_SEARCH = 1000  # pgvector refuses a larger hnsw.ef_search
 
 
 class PostgresVectorStore(BasePydanticVectorStore):
@@ -73,8 +73,8 @@ class PostgresVectorStore(BasePydanticVectorStore):
     flat_metadata: bool = False
     collection_name: str
     normalize: bool = False
-    ef_search: int = 64
-    iterative_scan: Literal["relaxed_order", "strict_order", "off"] = "relaxed_order"
+    ef_search: int = EF_SEARCH
+    iterative_scan: Literal["relaxed_order", "strict_order", "off"] = ITERATIVE_SCAN
     max_scan_tuples: int | None = None
     exact_threshold: int = 2000
     read_your_writes: bool = False
@@ -145,9 +145,8 @@ class PostgresVectorStore(BasePydanticVectorStore):
         when it is only stop words or punctuation: there is nothing to search for."""
 
         def run(connection: sa.Connection, collection: Collection) -> bool:
-            terms = sa.text("SELECT numnode(plainto_tsquery(CAST(:config AS regconfig), :text))")
             found = connection.scalar(
-                terms, {"config": collection.text_search_config, "text": text}
+                sa.text(_search.HAS_TERMS), {"config": collection.text_search_config, "text": text}
             )
             return bool(found)
 
