@@ -3,6 +3,7 @@ kept beside the cache, one-query migration checks. Each must give what the slow 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,67 @@ def test_quick_query_leaves_other_cases_to_the_pipeline(small_collection: tuple[
     assert quick_query("q", base, ("file_path=try.md",)) is None
     assert quick_query("q", base | {"collection": "no_such_collection"}, ()) is None
     assert quick_query("q", base | {"embed_model": str(EMBEDDER_BF16)}, ()) is None  # not its model
+
+
+def test_a_plain_query_imports_no_sqlalchemy_llamaindex_or_pydantic(
+    small_collection: tuple[str, str], tmp_path: Path
+) -> None:
+    url, name = small_collection
+    code = (
+        "import sys\n"
+        "from llama_index_crab.cli import main\n"
+        f"main(['query', 'catch an exception', '-c', {name!r}, '--database-url', {url!r},\n"
+        f"      '--embed-model', {str(EMBEDDER_Q8)!r}, '--no-serve', '--json'],\n"
+        "     standalone_mode=False)\n"
+        "heavy = ('sqlalchemy', 'llama_index.core', 'pydantic', 'llama_cpp.llama', 'jinja2')\n"
+        "print(sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "CRAB_CACHE_DIR": str(tmp_path)}
+    env.pop("CRAB_RERANK_MODEL", None)
+    runs = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first["results"] == second["results"] and len(second["results"]) == 5
+    # The first run compiled the statements into the cache; the second only read them.
+    assert "sqlalchemy" in runs[0].stderr
+    assert runs[1].stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_compiled_statements_come_from_the_builders_and_survive_a_damaged_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llama_index_crab.store import compiled
+    from llama_index_crab.store.identity import Collection, EmbeddingIdentity
+
+    monkeypatch.setenv("CRAB_CACHE_DIR", str(tmp_path))
+    identity = EmbeddingIdentity("m", 384, "mean")
+    collection = Collection(7, "c", identity, "halfvec", 16, 64, "simple")
+    kept = compiled.for_collection(collection)
+    assert [list(s) for s in kept.values()] == [
+        list(s) for s in compiled._compile_collection(collection).values()
+    ]
+    assert "halfvec(384)" in kept["dense"][0].lower() and "collection_id = 7" in kept["dense"][0]
+    [cache] = (tmp_path / "sql").iterdir()
+    cache.write_text("{not json")
+    assert compiled.shared()["head"] == migrate.head()
+    assert compiled.for_collection(collection) == kept
+
+
+def test_llama_bindings_load_alone_and_the_package_reuses_them() -> None:
+    code = (
+        "import sys\n"
+        "from llama_index_crab.models.bindings import llama_cpp\n"
+        "from llama_index_crab.models.cpu import llama_build\n"
+        "low = llama_cpp()\n"
+        "alone = llama_build()\n"
+        "assert 'llama_cpp.llama' not in sys.modules and 'jinja2' not in sys.modules\n"
+        "llama_build.cache_clear()\n"
+        "import llama_cpp\n"
+        "assert llama_cpp.llama_cpp is low and llama_cpp.Llama is not None\n"
+        "assert llama_build() == alone, (llama_build(), alone)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
