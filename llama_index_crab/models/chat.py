@@ -166,8 +166,12 @@ def _model_params_as_ours() -> Iterator[None]:
     from .runtime import model_params
 
     original = low_level.llama_model_default_params
+
+    def ours() -> Any:
+        return model_params(defaults=original)[0]
+
     with _PATCH_LOCK:
-        setattr(low_level, "llama_model_default_params", lambda: model_params()[0])  # noqa: B010
+        setattr(low_level, "llama_model_default_params", ours)  # noqa: B010
         try:
             yield
         finally:

@@ -52,19 +52,19 @@ _log_callback: Any = None
 
 
 def install_log_callback() -> None:
-    """Route llama.cpp's logs to Python logging (DEBUG) instead of stderr."""
+    """Route llama.cpp's logs to Python logging (DEBUG) instead of stderr. Set again on
+    every call: importing the ``llama_cpp`` package later sets its own."""
     global _log_callback
-    if _log_callback is not None:
-        return
     llama_cpp = bindings.llama_cpp()
+    if _log_callback is None:
 
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug(text.decode("utf-8", "replace").rstrip())
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug(text.decode("utf-8", "replace").rstrip())
 
-    _log_callback = forward
-    llama_cpp.llama_log_set(forward, ctypes.c_void_p(0))
+        _log_callback = forward
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
 @dataclass(frozen=True)
@@ -114,12 +114,15 @@ def model_params(
     main_gpu: int = 0,
     split_mode: int = 1,
     tensor_split: Sequence[float] | None = None,
+    *,
+    defaults: Callable[[], Any] | None = None,
 ) -> tuple[Any, Any]:
     """``llama_model_params`` with the GPU settings, plus an object to keep alive while
-    the model loads (the tensor-split array the params point to)."""
+    the model loads (the tensor-split array the params point to). ``defaults``: what makes
+    llama.cpp's default params (default: ``llama_model_default_params``)."""
     llama_cpp = bindings.llama_cpp()
 
-    params = llama_cpp.llama_model_default_params()
+    params = (defaults or llama_cpp.llama_model_default_params)()
     params.use_extra_bufts = not _amx_cpu()
     params.n_gpu_layers = _ALL_LAYERS if n_gpu_layers == -1 else n_gpu_layers
     params.main_gpu = main_gpu
