@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ModelError
-from .store.modes import DEFAULT_MODE, HYBRID_DEPTH, check_mode, store_mode
+from .store.modes import DEFAULT_MODE, check_mode, depth, store_mode, unranked_counts
 
 # LlamaIndex and the models load when first needed: `crab query` chooses and checks its
 # model and database with the functions here before (or without) paying for them.
@@ -48,6 +48,7 @@ BUNDLED_EMBEDDERS = {
     "f32": "all-MiniLM-L6-v2-bf16.gguf",
 }
 DEFAULT_COLLECTION = "default"
+DEFAULT_TOP_N = 5  # results shown
 NOTHING_TO_SEARCH = (
     "Nothing to search for: the question is only stop words or punctuation; ask with the "
     "words that matter."
@@ -193,7 +194,7 @@ class Pipeline:
         reranker: LlamaCppRerank | None,
         *,
         similarity_top_k: int = 100,
-        top_n: int = 5,
+        top_n: int = DEFAULT_TOP_N,
         llm: Any = None,
         mode: str = DEFAULT_MODE,
     ) -> None:
@@ -331,8 +332,7 @@ class Pipeline:
             k = self.similarity_top_k if top_k is None else top_k
             n = self.top_n if top_n is None else top_n
         else:
-            n = top_n if top_n is not None else top_k if top_k is not None else self.top_n
-            k = top_k if top_k is not None else n
+            k, n = unranked_counts(top_k, top_n, self.top_n)
         if k < 1 or n < 1:
             raise ValueError(f"top_k and top_n must be ≥ 1, got {k}, {n}")
         if not text.strip():
@@ -353,10 +353,10 @@ class Pipeline:
         query = VectorStoreQuery(
             query_embedding=list(vector) if vector is not None else None,
             query_str=text,
-            similarity_top_k=max(k, HYBRID_DEPTH) if mode == "hybrid" else k,
+            similarity_top_k=depth(mode, k),
             filters=filters,
             mode=store_mode(mode),
-            sparse_top_k=max(k, HYBRID_DEPTH) if mode == "hybrid" else None,
+            sparse_top_k=depth(mode, k) if mode == "hybrid" else None,
             hybrid_top_k=k,
         )
         result = self.store.query(query)
@@ -478,7 +478,7 @@ def build_pipeline(
     database_url: str | None = None,
     collection: str = DEFAULT_COLLECTION,
     similarity_top_k: int = 100,
-    top_n: int = 5,
+    top_n: int = DEFAULT_TOP_N,
     llm: Any = None,
     create_collection: bool = True,
     rerank: bool = True,

@@ -154,26 +154,23 @@ def _search(
 ) -> list[Any]:
     """The hits of PostgresVectorStore's unfiltered dense, text or hybrid query, as
     ``Pipeline.search`` asks for them without a reranker."""
-    from ..store.compiled import EF_SEARCH, HNSW_MAX_EF_SEARCH
+    from ..pipeline import DEFAULT_TOP_N
+    from ..store.compiled import ef_search_for
     from ..store.hits import fuse, hit, vector_text
-    from ..store.modes import HYBRID_DEPTH
+    from ..store.modes import depth, unranked_counts
     from ..store.plain import run
 
     mode = opts["mode"]
-    top_k, top_n = opts["top_k"], opts["top_n"]
-    n = top_n if top_n is not None else top_k if top_k is not None else 5
-    k = top_k if top_k is not None else n
+    k, n = unranked_counts(opts["top_k"], opts["top_n"], DEFAULT_TOP_N)
+    fetch = depth(mode, k)
     text_hits: list[Any] = []
     if mode != "dense":
-        sparse_k = max(k, HYBRID_DEPTH) if mode == "hybrid" else k
         run(connection, statements["custom_plans"])
-        found = run(connection, statements["text"], query=text, k=sparse_k)
+        found = run(connection, statements["text"], query=text, k=fetch)
         text_hits = [hit(row) for row in found]
         if mode == "text":
             return text_hits[:n]
-    fetch = max(k, HYBRID_DEPTH) if mode == "hybrid" else k
-    ef_search = min(max(EF_SEARCH, fetch), HNSW_MAX_EF_SEARCH)
-    run(connection, statements["settings"], ef_search=str(ef_search))
+    run(connection, statements["settings"], ef_search=str(ef_search_for(fetch)))
     rows = run(connection, statements["dense"], vector=vector_text(vector), k=fetch)
     # relaxed_order iterative scans may swap a few
     dense = [hit(row) for row in sorted(rows, key=lambda row: -float(row[4]))]

@@ -22,7 +22,7 @@ from .identity import Collection
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["Statement", "for_collection", "shared"]
+__all__ = ["Statement", "ef_search_for", "for_collection", "shared"]
 
 # SQL with %(name)s parameters, and the values of the fixed ones.
 Statement = tuple[str, dict[str, Any]]
@@ -31,6 +31,12 @@ EF_SEARCH = 64
 ITERATIVE_SCAN: Final = "relaxed_order"
 HNSW_MAX_EF_SEARCH = 1000  # pgvector refuses a larger hnsw.ef_search
 _SOURCES = ("compiled.py", "search.py", "schema.py", "collections.py", "identity.py", "migrate.py")
+
+
+def ef_search_for(fetch: int, ef_search: int = EF_SEARCH) -> int:
+    """``hnsw.ef_search`` for fetching ``fetch`` rows: at least ``fetch``, at most pgvector's
+    limit."""
+    return min(max(ef_search, fetch), HNSW_MAX_EF_SEARCH)
 
 
 def shared() -> dict[str, Any]:

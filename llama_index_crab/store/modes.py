@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, Literal, get_args
 if TYPE_CHECKING:  # LlamaIndex loads when a store query is built, not for `crab --help`
     from llama_index.core.vector_stores.types import VectorStoreQueryMode
 
-__all__ = ["DEFAULT_MODE", "HYBRID_DEPTH", "SEARCH_MODES", "SearchMode", "check_mode", "store_mode"]
+__all__ = [
+    "DEFAULT_MODE",
+    "HYBRID_DEPTH",
+    "SEARCH_MODES",
+    "SearchMode",
+    "check_mode",
+    "depth",
+    "store_mode",
+    "unranked_counts",
+]
 
 SearchMode = Literal["dense", "text", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = get_args(SearchMode)
@@ -32,3 +41,16 @@ def store_mode(mode: SearchMode) -> VectorStoreQueryMode:
         "text": VectorStoreQueryMode.TEXT_SEARCH,
         "hybrid": VectorStoreQueryMode.HYBRID,
     }[mode]
+
+
+def depth(mode: str, k: int) -> int:
+    """Rows each ranking fetches for ``k`` results: hybrid fuses at least ``HYBRID_DEPTH``
+    of the dense and of the full-text ranking."""
+    return max(k, HYBRID_DEPTH) if mode == "hybrid" else k
+
+
+def unranked_counts(top_k: int | None, top_n: int | None, default: int) -> tuple[int, int]:
+    """(k, n) of a search without a reranker: nothing is cut after retrieval, so ``top_n``
+    results, or ``top_k`` when only that is given, else ``default``."""
+    n = top_n if top_n is not None else top_k if top_k is not None else default
+    return (top_k if top_k is not None else n), n

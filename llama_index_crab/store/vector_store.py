@@ -31,7 +31,7 @@ from . import documents as _documents
 from . import mmr as _mmr
 from . import search as _search
 from .collections import Collection, EmbeddingIdentity, create_collection, get_collection
-from .compiled import EF_SEARCH, HNSW_MAX_EF_SEARCH, ITERATIVE_SCAN
+from .compiled import EF_SEARCH, ITERATIVE_SCAN, ef_search_for
 from .copy import (
     acopy_payload,
     copy_payload,
@@ -506,8 +506,7 @@ class PostgresVectorStore(BasePydanticVectorStore):
             if mmr
             else 1.0
         )
-        ef_search = int(options.get("ef_search", self.ef_search))
-        ef_search = min(max(ef_search, fetch), HNSW_MAX_EF_SEARCH)
+        ef_search = ef_search_for(fetch, int(options.get("ef_search", self.ef_search)))
         connection.execute(_search.settings(ef_search, self.iterative_scan, self.max_scan_tuples))
         # Without an iterative scan the index yields at most ef_search rows.
         exact = bool(options.get("exact", False)) or node_ids is not None
