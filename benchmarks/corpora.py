@@ -10,9 +10,10 @@ search: paragraphs (``paragraph_baseline``) and each passage whole up to the con
 Texts are embedded once per run and reused across settings (identical chunks are common);
 ``CRAB_CORPORA_CACHE=FILE`` keeps them between runs. ``--quick``: two chunkings only.
 ``--rule``: the chunking rules compared for the default (chunks, whole documents that fit,
-and chunks plus a whole-document vector, the last simulated on the dense side), hybrid at
-the default weight. A set named ``NAME:sections`` is NAME with each page cut at its headings
-into passages, a question's relevant passages those holding its answer sentence.
+510-token chunks, and chunks plus a whole-document vector, the last simulated on the dense
+side), hybrid at the old and the new weight. A set named ``NAME:sections`` is NAME with
+each page cut at its headings into passages, a question's relevant passages those holding
+its answer sentence.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def _fuse(dense: Sequence[str], text: Sequence[str], alpha: float, depth: int) -
 def _variants(sweep: bool, quick: bool = False, rule: bool = False) -> list[dict[str, Any]]:
     old = dict(chunk_size=256, chunk_overlap=32, whole=False, title=False)
     if rule:
-        return [old, dict(old, whole=True)]
+        return [old, dict(old, whole=True), dict(old, chunk_size=510, chunk_overlap=64, whole=True)]
     if not sweep:
         return [old]
     big = dict(old, chunk_size=510, chunk_overlap=64, whole=True)
