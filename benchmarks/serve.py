@@ -1,8 +1,8 @@
 """`crab query` cold, and `crab serve` (issue #27): what a query costs a new process, and
 what it costs through a resident server.
 
-``python -m benchmarks.serve [--before PATH] [--runs 5] [--queries 100]``. Uses the embedded
-server of ``CRAB_PGDATA`` with the demo corpus ingested (``crab ingest
+``python -m benchmarks.serve [--before PATH [--before-pgdata DIR]] [--runs 5]``. Uses the
+embedded server of ``CRAB_PGDATA`` with the demo corpus ingested (``crab ingest
 examples/corpus/python-reference``) in the collection ``CRAB_COLLECTION`` (default
 "default"). ``--before PATH``: a checkout of an older version, timed interleaved with this
 one (``git worktree add /tmp/before <commit>``), both with this venv's ``crab``.
@@ -36,11 +36,14 @@ QUESTION = "How do I catch an exception?"
 QUERIES = ROOT / "tests" / "data" / "python-reference-qa" / "queries.jsonl"
 
 
-def _env(repo: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(repo)}
+def _env(repo: Path, pgdata: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    if pgdata is not None:
+        env["CRAB_PGDATA"] = str(pgdata)
+    return env
 
 
-def cold_query(repo: Path, *extra: str) -> tuple[float, float, str]:
+def cold_query(repo: Path, *extra: str, pgdata: Path | None = None) -> tuple[float, float, str]:
     """Wall and CPU seconds (user + system) of one `crab query` process from ``repo``, and
     its stderr. On a shared machine the CPU seconds move less than the wall time."""
     import resource
@@ -49,7 +52,7 @@ def cold_query(repo: Path, *extra: str) -> tuple[float, float, str]:
     start = time.perf_counter()
     done = subprocess.run(
         [CRAB, "query", QUESTION, "--top-n", "3", *extra],
-        env=_env(repo),
+        env=_env(repo, pgdata),
         capture_output=True,
         text=True,
         timeout=300,
@@ -141,6 +144,12 @@ def start_server(repo: Path) -> tuple[subprocess.Popen[str], str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve")
     parser.add_argument("--before", type=Path, help="checkout of the version to compare with")
+    parser.add_argument(
+        "--before-pgdata",
+        type=Path,
+        help="data directory for --before (an older version may not read the newer schema): "
+        "run its `crab ingest examples/corpus/python-reference` there first",
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--texts", type=int, default=640)
@@ -159,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             if name == "after":
                 wall, cpu, _ = cold_query(here, "--no-serve")
             else:
-                wall, cpu, _ = cold_query(args.before)
+                wall, cpu, _ = cold_query(args.before, pgdata=args.before_pgdata)
             times[name].append((wall, cpu))
             print(f"  cold {name} run {r + 1}: {wall:.2f} s wall, {cpu:.2f} s CPU", file=sys.stderr)
 
