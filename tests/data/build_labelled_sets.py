@@ -1,9 +1,11 @@
 """Rebuild the BEIR files of the labelled sets made from Debian's documentation packages.
 
-``python tests/data/build_labelled_sets.py`` (Debian 12, after ``apt-get install
-postgresql-doc-15`` and with the man pages of the commands below installed). Each set's
-``questions.txt`` is the hand-written source: ``question | answer file | ...``; this script
-writes ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/test.tsv`` beside it.
+``python tests/data/build_labelled_sets.py [NAME]...`` (Debian 12, after ``apt-get install
+postgresql-doc-15``, with the man pages of the commands below installed, and Python's HTML
+documentation from ``python3.11-doc`` at ``PYTHON_DOC_HTML``). For the PostgreSQL and man-page
+sets, ``questions.txt`` is the hand-written source: ``question | answer file | ...``; the
+Python FAQ set takes its questions from the FAQ's own headings. This script writes
+``corpus.jsonl``, ``queries.jsonl`` and ``qrels/test.tsv`` in each set's folder.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import random
 import re
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +28,17 @@ PG_HTML = Path("/usr/share/doc/postgresql-doc-15/html")
 # embedding the set stays affordable on a CI machine.
 PG_DISTRACTORS = 100
 MAX_WORDS = 5000
+PY_HTML = Path(os.environ.get("PYTHON_DOC_HTML", "/usr/share/doc/python3.11/html"))
+# The Python FAQ set: a question is a FAQ heading that asks one; its answer must say more
+# than a word or two. Distractors are sections of these folders of the documentation, of a
+# single topic's length (sections under FAQ_MIN_WORDS are mostly a signature or a link list,
+# those over FAQ_MAX_WORDS a whole module's reference).
+QUESTION_WORDS = {"how", "why", "what", "is", "are", "can", "do", "does", "where", "when"}
+QUESTION_WORDS |= {"which", "who", "should", "will", "has", "have"}
+FAQ_MIN_ANSWER_WORDS = 15
+FAQ_DISTRACTOR_FOLDERS = ("library", "tutorial", "howto")
+FAQ_MIN_WORDS = 40
+FAQ_MAX_WORDS = 450
 COMMANDS = [
     "ls",
     "cp",
@@ -199,6 +213,117 @@ def pg_corpus() -> list[dict[str, str]]:
     return pages
 
 
+class _Sphinx(HTMLParser):
+    """The main body of a Sphinx HTML page as Markdown-ish text: headings, paragraphs,
+    verbatim <pre>; permalinks, local tables of contents and toctrees dropped."""
+
+    BLOCK: ClassVar[set[str]] = {
+        "p",
+        "div",
+        "pre",
+        "li",
+        "dt",
+        "dd",
+        "tr",
+        "table",
+        "dl",
+        "ul",
+        "ol",
+        "section",
+        "blockquote",
+        "figure",
+        "nav",
+    }
+    SKIP: ClassVar[set[str]] = {"headerlink", "contents", "toctree-wrapper", "sphinxsidebar"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self._body = 0  # 1 inside the main body
+        self._stack: list[tuple[str, bool]] = []
+        self._skip = 0
+        self._pre = 0
+        self._cell = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag in ("br", "img", "hr", "meta", "link", "input", "wbr"):
+            if self._body and not self._skip and tag == "br":
+                self.out.append("\n\n")
+            return
+        if not self._body:
+            if tag == "div" and a.get("role") == "main":
+                self._body = 1
+                self._stack = []
+            return
+        skip = bool(set((a.get("class") or "").split()) & self.SKIP) or a.get("id") == "contents"
+        self._stack.append((tag, skip))
+        self._skip += skip
+        if self._skip:
+            return
+        if tag == "pre":
+            self._pre += 1
+            self.out.append("\n\n")
+        elif re.fullmatch(r"h[1-6]", tag):
+            self.out.append("\n\n\x00" + tag[1] + " ")
+        elif tag == "li":
+            self.out.append("\n\n* ")
+        elif tag in ("td", "th"):
+            self._cell += 1
+            self.out.append(" | ")
+        elif tag in self.BLOCK:
+            self.out.append(" " if self._cell and tag != "tr" else "\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._body:
+            return
+        if not self._stack:
+            self._body = 0  # the main body's own </div>
+            return
+        # pop up to the matching tag (Sphinx HTML is well formed; be lenient anyway)
+        while self._stack:
+            open_tag, skip = self._stack.pop()
+            self._skip -= skip
+            if open_tag == tag:
+                break
+        if self._skip or skip:
+            return
+        if tag == "pre":
+            self._pre -= 1
+            self.out.append("\n\n")
+        elif tag in ("td", "th"):
+            self._cell -= 1
+        elif tag in self.BLOCK and self._cell and tag != "tr":
+            self.out.append(" ")
+        elif tag in self.BLOCK or re.fullmatch(r"h[1-6]", tag):
+            self.out.append("\n\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._body and not self._skip:
+            self.out.append(data if self._pre else re.sub(r"\s+", " ", data))
+
+
+def sphinx_sections(path: Path) -> list[tuple[str, str]]:
+    """``(heading, text)`` of each part of a Sphinx page cut before each of its headings."""
+    parser = _Sphinx()
+    parser.feed(path.read_text(encoding="utf-8"))
+    blocks = []
+    for block in re.split(r"\n\s*\n", "".join(parser.out)):
+        if "\n" in block.strip("\n") and not block.startswith("\x00"):
+            block = "\n".join(line.rstrip() for line in block.strip("\n").splitlines())
+        else:
+            block = block.strip()
+        if block.strip() and block.strip() != "*":
+            blocks.append(block)
+    parts: list[tuple[str, list[str]]] = []
+    for block in blocks:
+        if block.startswith("\x00"):
+            parts.append((_norm(block[2:]), []))
+        elif parts:
+            parts[-1][1].append(block)
+    return [(h, "\n\n".join(b)) for h, b in parts]
+
+
 def man_options(command: str) -> list[dict[str, str]]:
     """One passage per option of ``command``'s man page: the option line and its text."""
     env = {**os.environ, "MANWIDTH": "200"}
@@ -324,6 +449,58 @@ def build_manpages(folder: Path = HERE / "manpage-options-qa") -> None:
     write_set(folder, corpus, questions)
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60].rstrip("-")
+
+
+def build_python_faq(folder: Path = HERE / "python-faq-qa") -> None:
+    """Questions: the FAQ's headings that ask one, as written; relevant: the answer under the
+    heading, without the heading. Passages: every FAQ answer and sections of the library
+    reference, tutorial and HOWTOs cut at their headings, all without their heading."""
+    corpus: dict[str, dict[str, str]] = {}
+
+    def add(page: str, heading: str, text: str) -> str:
+        stem = f"{page}-{_slug(heading) or 'top'}"
+        doc = next(
+            f"{stem}{f'-{n}' if n else ''}.md"
+            for n in range(99)
+            if f"{stem}{f'-{n}' if n else ''}.md" not in corpus
+        )
+        corpus[doc] = {"_id": doc, "title": "", "text": text + "\n"}
+        return doc
+
+    questions: list[dict[str, object]] = []
+    for path in sorted((PY_HTML / "faq").glob("*.html")):
+        if path.name == "index.html":
+            continue
+        for heading, text in sphinx_sections(path):
+            if len(text.split()) < 5:  # a chapter's heading, or a page title
+                continue
+            doc = add(f"faq-{path.stem}", heading, text)
+            asks = "?" in heading or heading.split()[0].lower() in QUESTION_WORDS
+            if asks and len(text.split()) >= FAQ_MIN_ANSWER_WORDS:
+                questions.append(
+                    {
+                        "_id": f"q{len(questions) + 1:03d}",
+                        "text": heading,
+                        "answer_file": doc,
+                        "answer_passage": _norm(text.split("\n\n")[0]),
+                        "relevant": {doc},
+                    }
+                )
+    for sub in FAQ_DISTRACTOR_FOLDERS:
+        for path in sorted((PY_HTML / sub).glob("*.html")):
+            for heading, text in sphinx_sections(path):
+                if FAQ_MIN_WORDS <= len(text.split()) <= FAQ_MAX_WORDS:
+                    add(f"{sub}-{path.stem}", heading, text)
+    write_set(folder, list(corpus.values()), questions)
+
+
 if __name__ == "__main__":
-    build_postgresql()
-    build_manpages()
+    builders = {
+        "postgresql-manual-qa": build_postgresql,
+        "manpage-options-qa": build_manpages,
+        "python-faq-qa": build_python_faq,
+    }
+    for name in sys.argv[1:] or builders:
+        builders[name]()
