@@ -461,11 +461,10 @@ def build_python_faq(folder: Path = HERE / "python-faq-qa") -> None:
 
     def add(page: str, heading: str, text: str) -> str:
         stem = f"{page}-{_slug(heading) or 'top'}"
-        doc = next(
-            f"{stem}{f'-{n}' if n else ''}.md"
-            for n in range(99)
-            if f"{stem}{f'-{n}' if n else ''}.md" not in corpus
-        )
+        doc, n = f"{stem}.md", 0
+        while doc in corpus:  # two headings of a page with the same words
+            n += 1
+            doc = f"{stem}-{n}.md"
         corpus[doc] = {"_id": doc, "title": "", "text": text + "\n"}
         return doc
 
