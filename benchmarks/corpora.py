@@ -33,7 +33,7 @@ from benchmarks._workers import ROOT
 
 __all__ = ["run"]
 
-SETS = ("python-reference-qa", "postgresql-manual-qa", "manpage-options-qa")
+SETS = ("python-reference-qa", "postgresql-manual-qa", "manpage-options-qa", "python-faq-qa")
 ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DEPTHS = (20, 50, 100)
 RRF_K = 60

@@ -3,7 +3,7 @@ CLI's default) is never below the plain model — each passage embedded whole, o
 paragraphs, exact search — by more than 0.01 in hit@10 and nDCG@10, and hybrid is never
 below dense. The large sets are sampled (all passages of the sampled questions, plus
 distractors) to keep the test's embedding work bounded. tests/test_quality.py holds the
-same rule on the third set, python-reference-qa, whole, through `crab query`."""
+same rule on python-reference-qa, whole, through `crab query`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ pytestmark = pytest.mark.slow
 DATA = Path(__file__).parent / "data"
 MARGIN = 0.01
 # set: (questions sampled, other passages kept as distractors); None keeps all.
-SETS = {"postgresql-manual-qa": (20, 10), "manpage-options-qa": (None, 400)}
+SETS = {
+    "postgresql-manual-qa": (20, 10),
+    "manpage-options-qa": (None, 400),
+    "python-faq-qa": (100, 200),
+}
 
 
 def _lines(path: Path) -> list[str]:
