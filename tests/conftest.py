@@ -4,8 +4,9 @@ from types import ModuleType
 
 import pytest
 from _pg import collection_name, database_url, empty_database, engine, pg_server
+from _ray import cluster
 
-__all__ = ["collection_name", "database_url", "empty_database", "engine", "pg_server"]
+__all__ = ["cluster", "collection_name", "database_url", "empty_database", "engine", "pg_server"]
 
 # A test module holding any of these loads llama.cpp models or runs the CLI in processes:
 # its tests are marked `model` and left out of `make test-fast`.

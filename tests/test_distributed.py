@@ -13,13 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import ray
 import sqlalchemy as sa
 from _models import EMBEDDER_Q8, ROOT
 from click.testing import CliRunner
@@ -35,20 +33,6 @@ CORPUS = ROOT / "examples" / "corpus" / "python-reference"
 TOPICS = ["assert", "break", "continue", "del", "global", "if", "pass", "raise", "return", "with"]
 Row = tuple[str, str | None, str, str, str]
 BATCH = 4  # chunks per embedding batch: several batches for two workers (and a kill)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    from ray.cluster_utils import Cluster
-
-    small = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
-    nodes = Cluster(initialize_head=True, head_node_args=small)
-    nodes.add_node(**small)
-    nodes.wait_for_nodes()
-    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
-    yield nodes
-    ray.shutdown()
-    nodes.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import ray
 from _sync import MODEL, Synced, embedder, synced, table
 from click.testing import CliRunner
 
@@ -19,20 +17,6 @@ from llama_index_crab.sync.cluster import merge_reports, run_on_ray
 __all__ = ["embedder", "synced", "table"]  # the shared fixtures, used by name
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    from ray.cluster_utils import Cluster
-
-    small = {"num_cpus": 1, "object_store_memory": 100 * 2**20}
-    nodes = Cluster(initialize_head=True, head_node_args=small)
-    nodes.add_node(**small)
-    nodes.wait_for_nodes()
-    ray.init(address=nodes.address, include_dashboard=False, log_to_driver=False)
-    yield nodes
-    ray.shutdown()
-    nodes.shutdown()
 
 
 def test_two_actors_share_the_queue_and_write_every_row_once(cluster: Any, synced: Synced) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .group import fail
-from .options import chunk_options, model_options, open_pipeline, pop_chunking
+from .options import chunk_options, model_options, open_pipeline, pop_chunking, ray_options
 
 __all__ = ["ingest"]
 
@@ -31,21 +31,12 @@ __all__ = ["ingest"]
     help="Mirror the folders: remove documents whose files are gone from them.",
 )
 @click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    metavar="[ADDRESS]",
-    help="Run on a Ray cluster (default: RAY_ADDRESS, a local `ray start`, else a new one).",
-)
-@click.option(
     "--follow-links",
     is_flag=True,
     help="Also ingest symbolic links that lead out of the folders (and, as root, links "
     "other users left in folders they can write).",
 )
-@click.option("--ray-workers", type=int, help="Embedding actors; default: all the cluster's CPUs.")
-@click.option("--ray-cpus-per-worker", type=int, default=1, show_default=True)
+@ray_options("Embedding workers")
 @click.option("--ray-writers", type=int, default=1, show_default=True, help="Database connections.")
 @model_options
 def ingest(

@@ -33,6 +33,41 @@ def gpu_option(f: F) -> F:
     )(f)
 
 
+def ray_options(what: str) -> Callable[[F], F]:
+    """``--ray [ADDRESS]``, ``--ray-workers``, ``--ray-cpus-per-worker``; ``what`` names the
+    actors in the help ("Embedding actors", "Queue workers")."""
+
+    def decorate(f: F) -> F:
+        for option in reversed(
+            [
+                click.option(
+                    "--ray",
+                    "ray_address",
+                    is_flag=False,
+                    flag_value="",
+                    metavar="[ADDRESS]",
+                    help="Run on a Ray cluster (default: RAY_ADDRESS, a local `ray start`, "
+                    "else a new one).",
+                ),
+                click.option(
+                    "--ray-workers",
+                    type=click.IntRange(min=1),
+                    help=f"{what} as Ray actors; default: all the cluster's CPUs.",
+                ),
+                click.option(
+                    "--ray-cpus-per-worker",
+                    type=click.IntRange(min=1),
+                    default=1,
+                    show_default=True,
+                ),
+            ]
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 RERANK_WEIGHTS = click.option(
     "--rerank-weights",
     envvar="CRAB_RERANK_WEIGHTS",

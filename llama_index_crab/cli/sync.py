@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from .options import ray_options
+
 __all__ = ["vectorize", "worker"]
 
 
@@ -202,18 +204,7 @@ def vectorize(
 @click.option("--embed-model", envvar="CRAB_EMBED_MODEL", help="Override the recorded model.")
 @click.option("--database-url", envvar="CRAB_DATABASE_URL", help="Default: the embedded server.")
 @click.option("--n-gpu-layers", type=click.IntRange(min=-1), default=0, envvar="CRAB_N_GPU_LAYERS")
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="",
-    metavar="[ADDRESS]",
-    help="Run workers as Ray actors (default: RAY_ADDRESS, a local `ray start`, else a new one).",
-)
-@click.option(
-    "--ray-workers", type=click.IntRange(min=1), help="Actors; default: all the cluster's CPUs."
-)
-@click.option("--ray-cpus-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
+@ray_options("Queue workers")
 def worker(
     collections: tuple[str, ...],
     once: bool,
