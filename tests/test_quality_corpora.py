@@ -8,6 +8,7 @@ same rule on python-reference-qa, whole, through `crab query`."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ pytestmark = pytest.mark.slow
 
 DATA = Path(__file__).parent / "data"
 MARGIN = 0.01
+# "Hybrid never below dense" on a sample: within one question's first answer moving one place
+# (rank 1 -> 2 costs that question 1 - 1/log2(3) of nDCG@10, rank 10 -> 11 one hit@10).
+ONE_PLACE = {"hit@10": 1.0, "nDCG@10": 1 - 1 / math.log2(3)}
 # set: (questions sampled, other passages kept as distractors); None keeps all.
 SETS = {
     "postgresql-manual-qa": (20, 10),
@@ -72,7 +76,9 @@ def test_the_default_is_never_below_the_plain_model(
     scores: dict[str, dict[str, Any]] = json.loads(result.stdout)["results"]
     print(name, json.dumps(scores))
     plain = ("baseline: paragraphs, exact", "baseline: whole passages, exact")
+    asked = len(_lines(folder / "queries.jsonl"))
     for metric in ("hit@10", "nDCG@10"):
         reference = max(scores[p][metric] for p in plain)
         assert scores["hybrid"][metric] >= reference - MARGIN, (metric, scores)
-        assert scores["hybrid"][metric] >= scores["dense"][metric], (metric, scores)
+        tie = ONE_PLACE[metric] / asked
+        assert scores["hybrid"][metric] >= scores["dense"][metric] - tie, (metric, scores)

@@ -121,7 +121,8 @@ def chunk_options(f: F) -> F:
             click.option(
                 "--whole/--no-whole",
                 default=None,
-                help="Keep each document that fits the model's context as one chunk (default: no).",
+                help="Keep each document that fits the model's context as one chunk "
+                "(default: yes).",
             ),
             click.option(
                 "--title/--no-title",

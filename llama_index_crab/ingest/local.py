@@ -22,7 +22,7 @@ from llama_index.core.schema import (
 )
 
 from .batching import Batcher, WriteGroup
-from .chunking import CHUNK_OVERLAP, CHUNK_SIZE, Chunker, relative_path
+from .chunking import CHUNK_OVERLAP, CHUNK_SIZE, KEEP_WHOLE, Chunker, relative_path
 from .files import SUPPORTED_SUFFIXES, FileDoc, FileSet, Problem, find_files, read_documents
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def ingest_paths(
     chunk_overlap: int | None = None,
     batch_chunks: int = 512,
     progress: Progress | None = None,
-    whole: bool = False,
+    whole: bool = KEEP_WHOLE,
     title: bool = False,
     prune: bool = True,
     follow_links: bool = False,
@@ -151,12 +151,13 @@ def splitter_for(
     chunk_size: int | None = None,
     chunk_overlap: int | None = None,
     *,
-    whole: bool = False,
+    whole: bool = KEEP_WHOLE,
     title: bool = False,
 ) -> Chunker:
     """How ingest chunks: pieces of ``chunk_size`` model tokens (default ``CHUNK_SIZE``, the
     sequence length the default model was trained for), so a document that fits stays one
-    chunk. ``whole=True`` also keeps documents up to the GGUF's full context whole."""
+    chunk. ``whole`` (default ``KEEP_WHOLE``) also keeps documents up to the GGUF's full
+    context whole."""
     from llama_index.core.node_parser import SentenceSplitter
 
     runner = embed_model.runner
