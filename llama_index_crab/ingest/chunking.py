@@ -87,6 +87,7 @@ class Chunker:
 
     def _split(self, part: Document) -> list[Any]:
         if self.whole_tokens and len(self.tokenize(part.text)) <= self.whole_tokens:
+            part.set_content(part.text.strip())  # as the splitter's chunks are
             return [part]
         nodes: list[Any] = self.splitter.get_nodes_from_documents([part])
         return nodes
