@@ -48,7 +48,8 @@ def wait_for(condition: object, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """16 short documents; at --chunk-size 64 they make about 48 chunks, 3 per document."""
+    """16 short documents; at --chunk-size 64 (none kept whole) they make about 48 chunks, 3
+    per document."""
     folder = tmp_path_factory.mktemp("docs")
     files = sorted(CORPUS.glob("*.md"), key=lambda p: (p.stat().st_size, p.name))[:16]
     for path in files:
@@ -65,7 +66,7 @@ def expected(small_corpus: Path, database_url: str) -> list[tuple[str, str, int]
         PostgresVectorStore(database_url, collection, model.identity()) as store,
     ):
         store.create_collection()
-        ingest_paths([small_corpus], model, store, chunk_size=64, batch_chunks=4)
+        ingest_paths([small_corpus], model, store, chunk_size=64, batch_chunks=4, whole=False)
     found = rows(database_url, collection)
     assert len({r[0] for r in found}) == 16 and len(found) > 32
     return found
@@ -190,7 +191,7 @@ def test_restart_during_crab_ingest_fails_clearly_and_a_rerun_completes(
     pgdata, url = own_server
     assert server.start(pgdata) == url  # running, even if an earlier test failed mid-restart
     env = {"CRAB_DATABASE_URL": url, "CRAB_COLLECTION": "victim"}
-    args = ("ingest", str(small_corpus), "--batch-chunks", "4", "--chunk-size", "64")
+    args = ("ingest", str(small_corpus), "--batch-chunks", "4", "--chunk-size", "64", "--no-whole")
     log = pgdata.parent / "ingest.log"
     victim = popen_crab(*args, env=env, log=log)
     try:
@@ -226,7 +227,7 @@ def test_ingest_killed_at_random_points_keeps_whole_documents(
     chance = random.Random(seed)
 
     env = {"CRAB_DATABASE_URL": database_url, "CRAB_COLLECTION": collection_name}
-    args = ("ingest", str(small_corpus), "--batch-chunks", "4", "--chunk-size", "64")
+    args = ("ingest", str(small_corpus), "--batch-chunks", "4", "--chunk-size", "64", "--no-whole")
     # (signal, kill mid-ingest?): one kill lands during start-up; the others once the run has
     # stored a random number of chunks (within the first half of what is left, so the next
     # runs have work too), plus a random delay so they hit embedding, COPY or commit.
