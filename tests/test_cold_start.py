@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _models import EMBEDDER_BF16, EMBEDDER_Q8, RERANKER_Q8
@@ -84,6 +85,22 @@ def small_collection(database_url: str) -> Iterator[tuple[str, str]]:
     yield database_url, name
 
 
+def _query_options(url: str, name: str, **changes: Any) -> dict[str, Any]:
+    """`crab query`'s options as the CLI hands them to the quick path."""
+    return {
+        "database_url": url,
+        "collection": name,
+        "embed_model": str(EMBEDDER_Q8),
+        "rerank_model": None,
+        "no_rerank": False,
+        "read_urls": (),
+        "n_gpu_layers": 0,
+        "mode": "hybrid",
+        "top_k": None,
+        "top_n": 4,
+    } | changes
+
+
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "text"])
 def test_quick_query_prints_what_the_pipeline_prints(
     small_collection: tuple[str, str], mode: str
@@ -94,19 +111,7 @@ def test_quick_query_prints_what_the_pipeline_prints(
 
     url, name = small_collection
     question = "How do I catch an exception?"
-    opts = {
-        "database_url": url,
-        "collection": name,
-        "embed_model": str(EMBEDDER_Q8),
-        "rerank_model": None,
-        "no_rerank": False,
-        "read_urls": (),
-        "n_gpu_layers": 0,
-        "mode": mode,
-        "top_k": None,
-        "top_n": 4,
-    }
-    quick = quick_query(question, opts, ())
+    quick = quick_query(question, _query_options(url, name, mode=mode, top_n=4), ())
     pipe = build_pipeline(str(EMBEDDER_Q8), database_url=url, collection=name, rerank=False)
     full = query_json(question, pipe.search(question, mode=mode, top_n=4), pipe)
     pipe.close()
@@ -120,18 +125,7 @@ def test_quick_query_leaves_other_cases_to_the_pipeline(small_collection: tuple[
     from llama_index_crab.cli.quick import quick_query
 
     url, name = small_collection
-    base = {
-        "database_url": url,
-        "collection": name,
-        "embed_model": str(EMBEDDER_Q8),
-        "rerank_model": None,
-        "no_rerank": False,
-        "read_urls": (),
-        "n_gpu_layers": 0,
-        "mode": "hybrid",
-        "top_k": None,
-        "top_n": 2,
-    }
+    base = _query_options(url, name, mode="hybrid", top_n=2)
     assert quick_query("q", base | {"rerank_model": str(RERANKER_Q8)}, ()) is None
     assert quick_query("q", base, ("file_path=try.md",)) is None
     assert quick_query("q", base | {"collection": "no_such_collection"}, ()) is None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -77,9 +78,14 @@ def _entry(key: str, compile_: Any) -> dict[str, Any]:
 
 def _cache_file() -> Path:
     """``sql/<hash>.json`` in the cache; the hash covers all the compiled output depends on."""
-    from importlib.util import find_spec
-
     from ..models.gguf import cache_root
+
+    return cache_root() / "sql" / f"{_sources_digest()}.json"
+
+
+@cache  # once per process: the sources do not change while it runs
+def _sources_digest() -> str:
+    from importlib.util import find_spec
 
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
@@ -96,7 +102,7 @@ def _cache_file() -> Path:
         if origin is not None:
             st = origin.stat()
             digest.update(f"{origin} {st.st_size} {st.st_mtime_ns}".encode())
-    return cache_root() / "sql" / f"{digest.hexdigest()[:24]}.json"
+    return digest.hexdigest()[:24]
 
 
 def _compiled(statement: sa.ClauseElement) -> Statement:
