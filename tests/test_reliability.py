@@ -228,15 +228,18 @@ def test_ingest_killed_at_random_points_keeps_whole_documents(
 
     env = {"CRAB_DATABASE_URL": database_url, "CRAB_COLLECTION": collection_name}
     args = ("ingest", str(small_corpus), "--batch-chunks", "4", "--chunk-size", "64", "--no-whole")
-    # (signal, kill mid-ingest?): one kill lands during start-up; the others once the run has
-    # stored a random number of chunks (within the first half of what is left, so the next
-    # runs have work too), plus a random delay so they hit embedding, COPY or commit.
-    plan = [(signal.SIGKILL, False), (signal.SIGKILL, True), (signal.SIGINT, True)]
-    # A fast ingest may finish in the random delay after its target: five kills aimed
-    # mid-ingest, of which at least two must land there.
-    plan += [(signal.SIGKILL, True)] * 3
-    mid_run = 0
-    for number, (signum, mid_ingest) in enumerate(plan):
+    # The first kill lands during start-up; the others once the run has stored a random number
+    # of chunks (within the first half of what is left, so the next runs have work too), plus
+    # a random delay so they hit embedding, COPY or commit. A fast ingest may finish before its
+    # signal comes; then the collection is emptied so the next run has work again, and runs go
+    # on until three signals (SIGINT among them) landed mid-ingest.
+    landed: list[signal.Signals] = []
+    for number in range(16):
+        mid_ingest = number > 0
+        signum = signal.SIGINT if number % 3 == 1 else signal.SIGKILL
+        if len(rows(database_url, collection_name)) == len(expected):
+            with PostgresVectorStore(database_url, collection_name) as store:
+                store.clear()
         start = len(rows(database_url, collection_name))
         target = chance.randint(start + 1, max(start + 1, (start + len(expected)) // 2))
         log = tmp_path / f"run{number}.log"
@@ -266,8 +269,11 @@ def test_ingest_killed_at_random_points_keeps_whole_documents(
         finished = " unchanged; " in output  # the run ended before the signal came
         if signum == signal.SIGINT and not finished:
             assert code == 130 and "interrupted" in output and "Traceback" not in output, output
-        mid_run += mid_ingest and not finished and start < len(partial) < len(expected)
-    assert mid_run >= 2, f"only {mid_run} kills landed mid-ingest (seed {seed})"
+        if mid_ingest and not finished and start < len(partial) < len(expected):
+            landed.append(signum)
+        if len(landed) >= 3 and signal.SIGINT in landed:
+            break
+    assert len(landed) >= 3 and signal.SIGINT in landed, f"landed mid-ingest: {landed} (seed {seed})"
 
     final = popen_crab(*args, env=env, log=tmp_path / "final.log")
     assert final.wait(timeout=240) == 0, (tmp_path / "final.log").read_text()

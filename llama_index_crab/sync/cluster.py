@@ -30,6 +30,10 @@ class SyncActor:
         finally:
             self.worker.close()  # its connections go now, not when Ray reaps the actor
 
+    def ready(self) -> None:
+        """Returns once the worker has loaded its models."""
+        self.worker.prepare()
+
     def halt(self) -> None:
         self.stop.set()
 
@@ -69,6 +73,8 @@ def run_on_ray(
         )
         options = {**options, "n_threads": cpus_per_worker}
         actors += [actor.remote(database_url, list(collections), options) for _ in range(workers)]
+        # All start together, models loaded: the first actor up would drain a small queue alone.
+        ray.get([a.ready.remote() for a in actors])
         pending = [a.run.remote(once) for a in actors]
         halted = False
         while True:

@@ -181,6 +181,11 @@ class Worker:
 
     # -- one batch ---------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Load the models of the collections fed now (run_batch does it at first need)."""
+        for source in self._load_sources().values():
+            self._target(source)
+
     def run_batch(self) -> tuple[int, int]:
         """Claim up to ``batch_rows`` ready items and process them in one transaction.
         Returns (items claimed, items finished)."""
