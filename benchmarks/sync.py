@@ -263,8 +263,7 @@ def run(quick: bool = False) -> str:
     return (
         f"## Table sync (`sync.py`)\n\n{rows} rows (paragraphs of the Python docs, 20-150 words)"
         f" inserted, then each updated; best of {rounds} interleaved round(s); default"
-        " embedder.\n\n"
-        + table(["what", "rows/s", "median lag s", "p95 lag s"], lines)
+        " embedder.\n\n" + table(["what", "rows/s", "median lag s", "p95 lag s"], lines)
     )
 
 

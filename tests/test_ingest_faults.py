@@ -423,3 +423,21 @@ def test_a_large_document_streams_with_progress_and_stays_whole_or_absent(
     progress = sorted({int(n) for n in re.findall(r"(\d+) chunks,", done.stderr)})
     assert total > 5 * 24 and len([n for n in progress if 0 < n < total]) >= 4
     assert len(stored(database_url, collection_name)["big.txt"]) == total
+
+
+@pytest.mark.parametrize("whole_tokens", [0, 1000])
+def test_chunking_leaves_the_given_documents_as_they_were(whole_tokens: int) -> None:
+    from llama_index.core import Document
+    from llama_index.core.node_parser import SentenceSplitter
+
+    from llama_index_crab.ingest.chunking import Chunker
+
+    chunker = Chunker(SentenceSplitter(chunk_size=64, chunk_overlap=0), str.split, whole_tokens)
+    given = Document(
+        text="\n  # Title\n\nSome words here.  \n", metadata={"last_modified_date": "x"}
+    )
+    before = given.model_dump()
+    chunks = chunker.chunks("doc", "hash", [given], "/data/title.md")
+    assert [c.get_content() for c in chunks] == ["# Title\n\nSome words here."]
+    assert chunks[0].metadata["title"] == "Title" and "last_modified_date" not in chunks[0].metadata
+    assert given.model_dump() == before

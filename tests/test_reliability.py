@@ -273,7 +273,9 @@ def test_ingest_killed_at_random_points_keeps_whole_documents(
             landed.append(signum)
         if len(landed) >= 3 and signal.SIGINT in landed:
             break
-    assert len(landed) >= 3 and signal.SIGINT in landed, f"landed mid-ingest: {landed} (seed {seed})"
+    assert len(landed) >= 3 and signal.SIGINT in landed, (
+        f"landed mid-ingest: {landed} (seed {seed})"
+    )
 
     final = popen_crab(*args, env=env, log=tmp_path / "final.log")
     assert final.wait(timeout=240) == 0, (tmp_path / "final.log").read_text()

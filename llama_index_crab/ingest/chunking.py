@@ -98,7 +98,8 @@ class Chunker:
         """The chunks of one document, ids derived from ``ref_doc_id`` and their position."""
         title = title_of(parts[0].text, path) if parts else Path(path).stem
         pieces: list[Any] = []
-        for part in parts:
+        for given in parts:
+            part = given.model_copy()  # the caller's documents stay as they were
             meta = {k: v for k, v in part.metadata.items() if not k.endswith("_date")}
             meta |= {"file_path": path, "file_name": Path(path).name, "title": title}
             part.metadata = meta
