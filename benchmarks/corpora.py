@@ -1,14 +1,15 @@
 """Retrieval quality on every labelled set, and the sweep that chooses the ingest defaults.
 
 ``python -m benchmarks.corpora [--sweep [--quick]] [--set NAME_OR_FOLDER]...``. Each set under
-``tests/data``
-goes through ``crab ingest``'s path (one Markdown file per passage, as ``crab eval`` writes
-it) into a fresh embedded PostgreSQL, once per chunking setting; each question is searched
-dense and text (100 chunks each) and the two rankings fused in NumPy for every hybrid
+``tests/data`` goes through ``crab ingest``'s path (one Markdown file per passage, as ``crab
+eval`` writes it) into a fresh embedded PostgreSQL, once per chunking setting; each question
+is searched dense and text (100 chunks each) and the two rankings fused in NumPy for every hybrid
 weight and depth, with the store's formula. Two plain references on the same GGUF, exact
 search: paragraphs (``paragraph_baseline``) and each passage whole up to the context.
 Texts are embedded once per run and reused across settings (identical chunks are common);
-``CRAB_CORPORA_CACHE=FILE`` keeps them between runs. ``--quick``: two chunkings only.
+``CRAB_CORPORA_CACHE=FILE`` keeps them between runs (keyed by text only: delete it when the
+default model changes). With no option: the shipped chunking, fused at every hybrid weight
+and depth. ``--sweep``: four chunkings; ``--quick``: two chunkings only.
 ``--rule``: the chunking rules compared for the default (chunks, whole documents that fit,
 510-token chunks, and chunks plus a whole-document vector, the last simulated on the dense
 side), hybrid at the old and the new weight. A set named ``NAME:sections`` is NAME with
@@ -176,11 +177,15 @@ def _fuse(dense: Sequence[str], text: Sequence[str], alpha: float, depth: int) -
 
 
 def _variants(sweep: bool, quick: bool = False, rule: bool = False) -> list[dict[str, Any]]:
+    from llama_index_crab.ingest.chunking import CHUNK_OVERLAP, CHUNK_SIZE, KEEP_WHOLE
+
     old = dict(chunk_size=256, chunk_overlap=32, whole=False, title=False)
     if rule:
         return [old, dict(old, whole=True), dict(old, chunk_size=510, chunk_overlap=64, whole=True)]
     if not sweep:
-        return [old]
+        return [
+            dict(chunk_size=CHUNK_SIZE, chunk_overlap=CHUNK_OVERLAP, whole=KEEP_WHOLE, title=False)
+        ]
     big = dict(old, chunk_size=510, chunk_overlap=64, whole=True)
     if quick:
         return [old, big]
@@ -256,7 +261,7 @@ def evaluate_set(
             [name, label, "text", *_metrics({q: docs(t_ids[q]) for q in qrels}, qrels), 0.0]
         )
         for alpha in (0.8, 0.9) if rule else ALPHAS if sweep or i == 0 else (0.8,):
-            for depth in DEPTHS if sweep and not rule else (100,):
+            for depth in DEPTHS if (sweep or i == 0) and not rule else (100,):
                 runs = {q: docs(_fuse(d_ids[q], t_ids[q], alpha, depth)) for q in qrels}
                 rows.append(
                     [name, label, f"hybrid a={alpha} depth={depth}", *_metrics(runs, qrels), 0.0]

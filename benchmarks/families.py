@@ -24,13 +24,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "families"
 MINILM = ROOT / "models" / "all-MiniLM-L6-v2-bf16.gguf"
-EMBEDDERS = [
-    "bge-small-en-v1.5-tiny-random",
-    "nomic-embed-text-v1.5-tiny-random",
-    "multilingual-e5-tiny-random",
-    "qwen3-embedding-tiny-random",
-]
-RERANKERS = ["bge-reranker-v2-m3-tiny-random", "qwen3-reranker-tiny-random"]
+
+
+def of_kind(kind: str) -> list[str]:
+    """The families in DATA of this kind ("embedder" or "reranker"): each is a GGUF there
+    with its reference beside it, so adding a family is adding its two files."""
+    files = sorted(DATA.glob("*.gguf"))
+    return [p.stem for p in files if json.loads(p.with_suffix(".json").read_text())["kind"] == kind]
+
+
+EMBEDDERS, RERANKERS = of_kind("embedder"), of_kind("reranker")
 TYPES = ["f16", "q8_0", "q6_k", "q5_k_m", "q4_k_m"]
 
 

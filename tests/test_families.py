@@ -23,13 +23,16 @@ from llama_index_crab import LlamaCppEmbedding, LlamaCppRerank
 pytestmark = pytest.mark.filterwarnings("ignore::llama_index_crab.errors.TruncationWarning")
 
 DATA = Path(__file__).parent / "data" / "families"
-EMBEDDERS = [
-    "bge-small-en-v1.5-tiny-random",
-    "nomic-embed-text-v1.5-tiny-random",
-    "multilingual-e5-tiny-random",
-    "qwen3-embedding-tiny-random",
-]
-RERANKERS = ["bge-reranker-v2-m3-tiny-random", "qwen3-reranker-tiny-random"]
+
+
+def of_kind(kind: str) -> list[str]:
+    """The families in DATA of this kind ("embedder" or "reranker"): each is a GGUF there
+    with its reference beside it, so adding a family is adding its two files."""
+    files = sorted(DATA.glob("*.gguf"))
+    return [p.stem for p in files if json.loads(p.with_suffix(".json").read_text())["kind"] == kind]
+
+
+EMBEDDERS, RERANKERS = of_kind("embedder"), of_kind("reranker")
 # (type, min cosine, max |score difference|): the committed files hold the weights exactly
 # (f16, token table q4_0); the others are made here with llama.cpp's quantize API. The
 # 32-wide models cannot hold k-quants (rows must be 256 wide): q4_k_m falls back to
