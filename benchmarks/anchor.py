@@ -127,6 +127,16 @@ def _workers(texts: str, python: str, model_dir: Path, onnx: Path) -> dict[str, 
         workers[f"ONNX Runtime {label}, batches sorted by length"] = Worker(
             python, "benchmarks.ort_worker", [*args, "--sorted"]
         )
+    # The engine without fastembed; and cut at 256 tokens, all-MiniLM-L6-v2's own
+    # sentence-transformers limit, which halves a passage's work but is not at parity with
+    # PyTorch at 512 (or with crab) for longer texts.
+    args = ["--texts", texts, "--model-dir", str(onnx / "fp32"), "--threads", str(THREADS)]
+    workers["ONNX Runtime fp32, no fastembed, sorted"] = Worker(
+        python, "benchmarks.ort_worker", [*args, "--raw"]
+    )
+    workers["ONNX Runtime fp32, no fastembed, sorted, cut at 256 tokens"] = Worker(
+        python, "benchmarks.ort_worker", [*args, "--raw", "--max-length", "256"]
+    )
     return workers
 
 

@@ -6,7 +6,10 @@ all-MiniLM-L6-v2) and loaded from ``D`` without the network; its session options
 fastembed's (``ORT_ENABLE_ALL``, ``threads`` intra- and inter-op). Each run command may carry
 ``{"batch_size": n}``. ``--sorted``: texts batched by length (longest first, order restored
 after), the batching sentence-transformers and crab do; fastembed itself batches in input
-order and pads each batch to its longest text. Speaks the protocol of ``benchmarks._serve``.
+order and pads each batch to its longest text. ``--raw``: no fastembed, an ONNX Runtime
+session with fastembed's options fed by the folder's ``tokenizers`` tokenizer, batches sorted
+by length (the engine alone); ``--max-length N`` cuts texts at N tokens there (512 unless
+given). Speaks the protocol of ``benchmarks._serve``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ def main() -> None:
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--sorted", action="store_true", help="batch texts by length")
+    parser.add_argument("--raw", action="store_true", help="ONNX Runtime without fastembed")
+    parser.add_argument("--max-length", type=int, default=512, help="with --raw: token limit")
     args = parser.parse_args()
+    if args.raw:
+        _raw(args)
+        return
 
     import fastembed
     import onnxruntime
@@ -62,6 +70,42 @@ def main() -> None:
         "onnxruntime": onnxruntime.__version__,
         "threads": args.threads,
     }
+    serve(args.texts, embed, info)
+
+
+def _raw(args: argparse.Namespace) -> None:
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    options = ort.SessionOptions()  # fastembed's
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = args.threads
+    session = ort.InferenceSession(
+        f"{args.model_dir}/onnx/model.onnx", options, providers=["CPUExecutionProvider"]
+    )
+    tokenizer = Tokenizer.from_file(f"{args.model_dir}/tokenizer.json")
+    tokenizer.enable_truncation(args.max_length)
+    tokenizer.enable_padding()
+
+    def embed(texts: list[str], options: dict[str, Any]) -> Any:
+        batch = int(options.get("batch_size", 32))
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out: list[Any] = [None] * len(texts)
+        for start in range(0, len(texts), batch):
+            chosen = order[start : start + batch]
+            encoded = tokenizer.encode_batch([texts[i] for i in chosen])
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+            hidden = session.run(None, feed)[0]
+            pooled = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+            for i, vector in zip(chosen, pooled):
+                out[i] = vector.tolist()
+        return out
+
+    info = {"onnxruntime": ort.__version__, "threads": args.threads}
     serve(args.texts, embed, info)
 
 
