@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator
@@ -149,3 +150,17 @@ def empty_database(pg_server: str) -> Iterator[str]:
 def collection_name() -> str:
     """A collection name no other test uses: tests share the session database."""
     return f"test_{uuid.uuid4().hex[:12]}"
+
+
+def backends(watcher: sa.Engine, database: str | None, *, at_most: int | None = None) -> int:
+    """Connections to ``database`` other than the watcher's own. With ``at_most``, waits up
+    to 10 s for the count to fall to it: a closed connection's server process leaves
+    pg_stat_activity a moment after the client hangs up, a leaked one stays for good."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+    deadline = time.monotonic() + 10
+    while True:
+        with watcher.connect() as connection:
+            found = int(connection.scalar(sa.text(query), {"d": database}) or 0)
+        if at_most is None or found <= at_most or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)

@@ -12,6 +12,7 @@ import psutil
 import pytest
 import sqlalchemy as sa
 from _models import EMBEDDER_Q8, RERANKER_Q8
+from _pg import backends
 from helpers import node, unit
 from llama_index.core.vector_stores.types import VectorStoreQuery
 
@@ -34,12 +35,6 @@ RSS_GROWTH_LIMIT = 50 * 2**20
 IDENTITY = EmbeddingIdentity("hygiene-model", 8, "mean")
 
 
-def _backends(watcher: sa.Engine, database: str | None) -> int:
-    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
-    with watcher.connect() as connection:
-        return int(connection.scalar(sa.text(query), {"d": database}) or 0)
-
-
 @pytest.mark.slow
 def test_store_cycles_leak_no_connections(
     database_url: str, collection_name: str, pg_server: str
@@ -49,7 +44,7 @@ def test_store_cycles_leak_no_connections(
     with PostgresVectorStore(database_url, collection_name, IDENTITY) as store:
         store.create_collection()
         store.add([node("n1", unit(np.random.default_rng(0), 8))])
-    before = _backends(watcher, database)
+    before = backends(watcher, database)
     query = VectorStoreQuery(query_embedding=[1.0] + [0.0] * 7)
     started = time.perf_counter()
     for cycle in range(STORE_CYCLES):
@@ -69,9 +64,9 @@ def test_store_cycles_leak_no_connections(
         if cycle % 250 == 249:
             # <=: a connection an earlier test left (a crab process exiting) may close
             # meanwhile; a leak shows as growth
-            assert _backends(watcher, database) <= before, f"after {cycle + 1} cycles"
+            assert backends(watcher, database, at_most=before) <= before, f"after {cycle + 1}"
     print(f"{STORE_CYCLES} store cycles in {time.perf_counter() - started:.1f}s")
-    assert _backends(watcher, database) <= before
+    assert backends(watcher, database, at_most=before) <= before
     watcher.dispose()
 
 
