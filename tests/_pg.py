@@ -152,12 +152,14 @@ def collection_name() -> str:
     return f"test_{uuid.uuid4().hex[:12]}"
 
 
-def backends(watcher: sa.Engine, database: str | None, *, at_most: int | None = None) -> int:
+def backends(
+    watcher: sa.Engine, database: str | None, *, at_most: int | None = None, within: float = 10
+) -> int:
     """Connections to ``database`` other than the watcher's own. With ``at_most``, waits up
-    to 10 s for the count to fall to it: a closed connection's server process leaves
-    pg_stat_activity a moment after the client hangs up, a leaked one stays for good."""
+    to ``within`` seconds for the count to fall to it: a closed connection's server process
+    leaves pg_stat_activity a moment after the client hangs up, a leaked one stays for good."""
     query = "SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + within
     while True:
         with watcher.connect() as connection:
             found = int(connection.scalar(sa.text(query), {"d": database}) or 0)
