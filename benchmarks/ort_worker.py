@@ -15,6 +15,7 @@ given). Speaks the protocol of ``benchmarks._serve``.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
 from benchmarks._serve import serve
@@ -58,12 +59,7 @@ def main() -> None:
         batch = int(options.get("batch_size", 32))
         if not args.sorted:
             return [v.tolist() for v in model.embed(texts, batch_size=batch)]
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        vectors = list(model.embed([texts[i] for i in order], batch_size=batch))
-        out: list[Any] = [None] * len(texts)
-        for i, v in zip(order, vectors):
-            out[i] = v.tolist()
-        return out
+        return by_length(texts, lambda ordered: model.embed(ordered, batch_size=batch))
 
     info = {
         "fastembed": fastembed.__version__,
@@ -71,6 +67,16 @@ def main() -> None:
         "threads": args.threads,
     }
     serve(args.texts, embed, info)
+
+
+def by_length(texts: list[str], embed: Callable[[list[str]], Any]) -> list[Any]:
+    """``embed`` of ``texts`` sorted longest first (so batches hold similar lengths), as
+    lists in the input order."""
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out: list[Any] = [None] * len(texts)
+    for i, vector in zip(order, embed([texts[i] for i in order])):
+        out[i] = vector.tolist()
+    return out
 
 
 def _raw(args: argparse.Namespace) -> None:
@@ -88,22 +94,25 @@ def _raw(args: argparse.Namespace) -> None:
     tokenizer.enable_truncation(args.max_length)
     tokenizer.enable_padding()
 
+    def run(texts: list[str]) -> Any:
+        """One padded batch: unit mean-pooled vectors, as fastembed computes them."""
+        encoded = tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, feed)[0]
+        pooled = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
     def embed(texts: list[str], options: dict[str, Any]) -> Any:
         batch = int(options.get("batch_size", 32))
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out: list[Any] = [None] * len(texts)
-        for start in range(0, len(texts), batch):
-            chosen = order[start : start + batch]
-            encoded = tokenizer.encode_batch([texts[i] for i in chosen])
-            ids = np.array([e.ids for e in encoded], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            hidden = session.run(None, feed)[0]
-            pooled = (hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
-            pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
-            for i, vector in zip(chosen, pooled):
-                out[i] = vector.tolist()
-        return out
+
+        def batches(ordered: list[str]) -> Any:
+            return [
+                v for at in range(0, len(ordered), batch) for v in run(ordered[at : at + batch])
+            ]
+
+        return by_length(texts, batches)
 
     info = {"onnxruntime": ort.__version__, "threads": args.threads}
     serve(args.texts, embed, info)

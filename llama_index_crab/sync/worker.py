@@ -181,19 +181,20 @@ class Worker:
 
     # -- one batch ---------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Load the models of the collections fed now (run_batch does it at first need)."""
-        for source in self._load_sources().values():
+    def prepare(self) -> dict[int, Source]:
+        """Read the declarations feeding this worker's collections and load their models
+        (each batch does it; called alone, it loads the models before any work)."""
+        sources = self._load_sources()
+        for source in sources.values():  # a model that does not load stops the worker here
             self._target(source)
+        return sources
 
     def run_batch(self) -> tuple[int, int]:
         """Claim up to ``batch_rows`` ready items and process them in one transaction.
         Returns (items claimed, items finished)."""
-        sources = self._load_sources()
+        sources = self.prepare()
         if not sources:
             return 0, 0
-        for source in sources.values():  # a model that does not load stops the worker here
-            self._target(source)
         items: list[_Item] = []
         try:
             with translate_errors(self._engine.url), self._engine.begin() as connection:
